@@ -1,0 +1,50 @@
+# mmdata: `make demo` and `make test` are all a fresh machine needs; both create the venv.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU wheel here; a GPU machine overrides, e.g. make install TORCH=torch==2.13.0 TORCH_INDEX=https://download.pytorch.org/whl/cu128
+TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
+CONFIG ?= pipelines/demo.yaml
+ARGS ?=
+PYTEST_ARGS ?= -n 2 --dist loadfile
+STAMP := $(VENV)/.installed
+
+# every stage is `make <stage> CONFIG=pipelines/....yaml [ARGS="--overwrite ..."]`
+STAGES := download filter dedup clipscore interleaved text shards check
+
+.PHONY: install test demo bench lint clean run $(STAGES)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	# pin whatever torch was installed, so no later requirement can swap in another build
+	grep -v '^torch==' constraints.txt > $(VENV)/constraints.txt
+	$(PY) -c 'import torch; print("torch==" + torch.__version__)' >> $(VENV)/constraints.txt
+	$(PY) -m pip install -q -c $(VENV)/constraints.txt -e ".[test,bench]"
+	touch $@
+
+install: $(STAMP)
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: install
+	$(PY) -m mmdata demo --config pipelines/demo.yaml $(ARGS)
+
+bench: install
+	set -e; for f in benchmarks/bench_*.py; do echo "== $$f"; $(PY) $$f; done
+
+lint: install
+	$(PY) -m ruff check mmdata tests benchmarks
+
+run: install
+	$(PY) -m mmdata run --config $(CONFIG) $(ARGS)
+
+$(STAGES): install
+	$(PY) -m mmdata $@ --config $(CONFIG) $(ARGS)
+
+clean:
+	rm -rf work .pytest_cache

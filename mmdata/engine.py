@@ -1,0 +1,238 @@
+"""The Dask engine: a stage applied shard by shard.
+
+One task per input shard. A stage object is shipped with each task but set up (models loaded) once
+per worker process, NeMo-Curator style. A shard is done when its `{id}_stats.json` exists in the
+stage's output folder; that file is written last and atomically, so a re-run skips finished shards
+and redoes any shard whose task died midway (its partial outputs are temp files or are overwritten
+atomically). Failures are isolated per shard, retried by Dask, and reported with the shard and the
+error; the other shards still finish.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from mmdata import shards as io
+from mmdata.config import EngineConfig
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Shard:
+    """An input shard: its id (shared by every stage's outputs for it) and its source URLs."""
+
+    id: str
+    urls: dict[str, str] = field(default_factory=dict)
+
+
+class Stage:
+    """Base of every shard stage. Subclasses write two methods: `setup` and `process`.
+
+    `process(shard, out)` writes the shard's outputs under the folder `out` (atomically, through
+    `mmdata.shards`) and returns its stats: at least `count` (records in), `successes` (records
+    kept) and `status_dict` (status -> count). Per-sample problems belong in those outputs as a
+    status and error message, not in exceptions; an exception fails the whole shard (and is retried).
+    """
+
+    name = "stage"
+
+    def setup(self) -> None:
+        """Load models and other per-process state; runs once per worker."""
+
+    def process(self, shard: Shard, out: str) -> dict:
+        raise NotImplementedError
+
+    def cache_token(self) -> str:
+        """Identifies this stage's set-up state on a worker; equal tokens share one set-up."""
+        from dask.base import tokenize
+
+        return f"{type(self).__module__}.{type(self).__qualname__}-{tokenize(self.__dict__)}"
+
+
+# ---------------------------------------------------------------------------------------------
+# worker side
+
+_ready: dict[str, Stage] = {}
+_ready_lock = threading.Lock()
+
+
+def _stage_on_worker(stage: Stage, token: str) -> Stage:
+    with _ready_lock:
+        if token not in _ready:
+            stage.setup()
+            _ready[token] = stage
+        return _ready[token]
+
+
+def stats_url(out: str, shard_id: str) -> str:
+    return io.join(out, f"{shard_id}_stats.json")
+
+
+def run_shard(stage: Stage, token: str, shard: Shard, out: str) -> dict:
+    """Process one shard and mark it done. Runs on a worker (or inline)."""
+    ready = _stage_on_worker(stage, token)
+    started = time.time()
+    stats = dict(ready.process(shard, out))
+    for required in ("count", "successes", "status_dict"):
+        if required not in stats:
+            raise TypeError(f"{type(stage).__name__}.process returned stats without {required!r}")
+    finished = time.time()
+    stats.update(
+        shard=shard.id,
+        stage=stage.name,
+        schema_version=SCHEMA_VERSION,
+        started=started,
+        finished=finished,
+        duration=round(finished - started, 4),
+    )
+    io.write_json(stats_url(out, shard.id), stats)
+    return stats
+
+
+# ---------------------------------------------------------------------------------------------
+# client side
+
+
+@contextmanager
+def cluster(cfg: EngineConfig) -> Iterator[Any]:
+    """A Dask client: the given scheduler, else a LocalCluster shaped by `cfg`."""
+    from distributed import Client, LocalCluster
+
+    # the scheduler runs in this process and logs every connection at INFO
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+    if cfg.scheduler:
+        with Client(cfg.scheduler, timeout="30s") as client:
+            yield client
+        return
+    with (
+        LocalCluster(
+            n_workers=cfg.n_workers,
+            threads_per_worker=cfg.threads_per_worker,
+            processes=cfg.processes,
+            memory_limit=cfg.memory_limit,
+            dashboard_address=":0",  # a fixed port would collide between concurrent runs
+            silence_logs=logging.ERROR,
+        ) as local,
+        Client(local) as client,
+    ):
+        yield client
+
+
+@dataclass
+class Report:
+    stage: str
+    out: str
+    done: dict[str, dict] = field(default_factory=dict)  # shard -> stats, this run
+    skipped: list[str] = field(default_factory=list)  # finished by an earlier run
+    failed: dict[str, str] = field(default_factory=dict)  # shard -> error
+    duration: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def totals(self) -> dict[str, int]:
+        out: dict[str, int] = {"count": 0, "successes": 0}
+        for stats in self.done.values():
+            out["count"] += stats["count"]
+            out["successes"] += stats["successes"]
+            for status, n in stats["status_dict"].items():
+                out[status] = out.get(status, 0) + n
+        return out
+
+    def summary(self) -> str:
+        t = self.totals()
+        lines = [
+            f"{self.stage}: {len(self.done)} shards done, {len(self.skipped)} already done, "
+            f"{len(self.failed)} failed; {t['count']} records in, {t['successes']} kept "
+            f"({self.duration:.1f}s) -> {self.out}"
+        ]
+        lines += [f"  shard {sid} FAILED: {err}" for sid, err in sorted(self.failed.items())]
+        return "\n".join(lines)
+
+
+class StageFailed(Exception):
+    def __init__(self, report: Report):
+        super().__init__(report.summary())
+        self.report = report
+
+
+def finished(out: str) -> set[str]:
+    """Ids of the shards whose stats file exists under `out`."""
+    fs, path = io.fs_path(out)
+    if not fs.exists(path):
+        return set()
+    names = (p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
+    return {n[: -len("_stats.json")] for n in names if n.endswith("_stats.json")}
+
+
+def run(
+    stage: Stage,
+    shards: list[Shard],
+    out: str,
+    engine: EngineConfig | None = None,
+    *,
+    client: Any = None,
+    overwrite: bool = False,
+) -> Report:
+    """Apply `stage` to every shard not yet finished under `out`; returns what happened."""
+    engine = engine or EngineConfig()
+    report = Report(stage.name, out)
+    t0 = time.time()
+    ids = [s.id for s in shards]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{stage.name}: duplicate shard ids in input")
+    done_before = set() if overwrite else finished(out)
+    todo = [s for s in shards if s.id not in done_before]
+    report.skipped = sorted(s.id for s in shards if s.id in done_before)
+    if todo:
+        if client is None:
+            with cluster(engine) as c:
+                _submit_all(c, stage, todo, out, engine, report)
+        else:
+            _submit_all(client, stage, todo, out, engine, report)
+    report.duration = time.time() - t0
+    return report
+
+
+def _submit_all(client, stage: Stage, todo: list[Shard], out: str, engine: EngineConfig, report: Report):
+    from distributed import as_completed
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    token = stage.cache_token()
+    futures = {
+        client.submit(
+            run_shard, stage, token, shard, out, key=f"{stage.name}-{shard.id}-{token[-8:]}", retries=engine.retries, pure=False
+        ): shard.id
+        for shard in todo
+    }
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        disable=not engine.progress, transient=False,
+    )
+    with progress:
+        bar_shards = progress.add_task(f"{stage.name} shards", total=len(todo))
+        bar_samples = progress.add_task(f"{stage.name} samples", total=None)
+        for fut in as_completed(futures, raise_errors=False):
+            sid = futures[fut]
+            if fut.status == "finished":
+                stats = fut.result()
+                report.done[sid] = stats
+                progress.advance(bar_samples, stats["count"])
+            else:
+                exc = fut.exception()
+                tb = "".join(traceback.format_tb(fut.traceback()))[-2000:] if fut.traceback() else ""
+                report.failed[sid] = f"{type(exc).__name__}: {exc}"
+                log.error("%s: shard %s failed after %d attempts: %s\n%s", stage.name, sid, engine.retries + 1, exc, tb)
+            progress.advance(bar_shards)
+            fut.release()

@@ -1,0 +1,65 @@
+"""Shard sets and the columns later stages add to them.
+
+A shard set is a folder of `{id}.tar` + `{id}.parquet` + `{id}_stats.json`. Later stages never
+rewrite it: each writes `{workdir}/{stage}/{id}.parquet` (a `key` column plus its own columns) and
+`{id}_stats.json`. `table()` joins them; sidecar columns come back prefixed with their stage
+(`filter.lang`, `clip.score`), so two stages can never clobber each other's columns. A stage that
+decides writes `drop_reason` (null when it keeps the record); `kept()` applies every decision.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from mmdata import shards as io
+from mmdata.engine import Shard, finished
+
+
+@dataclass(frozen=True)
+class ShardSet:
+    url: str
+
+    def tar(self, shard_id: str) -> str:
+        return io.join(self.url, f"{shard_id}.tar")
+
+    def meta(self, shard_id: str) -> str:
+        return io.join(self.url, f"{shard_id}.parquet")
+
+    def stats(self, shard_id: str) -> str:
+        return io.join(self.url, f"{shard_id}_stats.json")
+
+    def ids(self) -> list[str]:
+        """Finished shards only: a shard without its stats file is still being written."""
+        return sorted(finished(self.url))
+
+    def shards(self) -> list[Shard]:
+        return [Shard(i, {"tar": self.tar(i), "meta": self.meta(i)}) for i in self.ids()]
+
+    def read_meta(self, shard_id: str) -> pd.DataFrame:
+        return io.read_parquet(self.meta(shard_id))
+
+    def samples(self, shard_id: str):
+        """Samples of one shard; a shard whose records all failed has no tar."""
+        url = self.tar(shard_id)
+        return io.read_shard(url) if io.exists(url) else iter(())
+
+
+def table(base: ShardSet, shard_id: str, stage_dirs: dict[str, str]) -> pd.DataFrame:
+    """The base metadata of a shard with each stage's columns joined on `key`, prefixed."""
+    df = base.read_meta(shard_id)
+    for stage, folder in stage_dirs.items():
+        side = io.read_parquet(io.join(folder, f"{shard_id}.parquet"))
+        side = side.rename(columns={c: f"{stage}.{c}" for c in side.columns if c != "key"})
+        df = df.merge(side, on="key", how="left", validate="one_to_one")
+    return df
+
+
+def kept(df: pd.DataFrame) -> pd.Series:
+    """True where the record was fetched and no stage's decision dropped it."""
+    keep = df["status"].eq("success")
+    for col in df.columns:
+        if col.endswith(".drop_reason"):
+            keep &= df[col].isna()
+    return keep

@@ -1,0 +1,98 @@
+"""Shared, session-wide set-up: slow things start once (per xdist worker) and are reused.
+
+- `client`: a 2-worker Dask LocalCluster (processes), what stages run on by default.
+- `s3`: a real S3 server (moto's server mode) on 127.0.0.1, with a bucket; s3fs and fsspec pick up
+  its endpoint from the environment it sets.
+- `http_root`: a plain HTTP server on 127.0.0.1 serving a temp folder (`.url` and `.path`).
+- `demo`: a small demo corpus built once, and `demo_server` serving it.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+if not SHARED.exists():  # a clone elsewhere: CI puts shared/ beside the checkout
+    SHARED = Path(os.environ.get("MMDATA_SHARED", ROOT / "shared"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    path = SHARED / "data"
+    if not path.exists():
+        pytest.fail(f"real test data not found at {path} (set MMDATA_SHARED)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def client():
+    from mmdata.config import EngineConfig
+    from mmdata.engine import cluster
+
+    with cluster(EngineConfig(n_workers=2, threads_per_worker=1, progress=False)) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """A moto S3 server; yields the endpoint URL. fsspec's s3 uses it through the env below."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ENDPOINT_URL_S3": endpoint,
+        "FSSPEC_S3_ENDPOINT_URL": endpoint,
+    }
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    import fsspec
+
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    fs.mkdir("mmdata-test")
+    yield endpoint
+    server.stop()
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@dataclass
+class HttpRoot:
+    path: Path
+    url: str
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # keep test output readable
+        pass
+
+
+@pytest.fixture(scope="session")
+def http_root(tmp_path_factory) -> HttpRoot:
+    root = tmp_path_factory.mktemp("www")
+    handler = functools.partial(_QuietHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield HttpRoot(root, f"http://127.0.0.1:{server.server_port}")
+    server.shutdown()

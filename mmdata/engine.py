@@ -195,6 +195,7 @@ def run(
     done_before = set() if overwrite else finished(out)
     todo = [s for s in shards if s.id not in done_before]
     report.skipped = sorted(s.id for s in shards if s.id in done_before)
+    _sweep_temp(out, [s.id for s in todo])
     if todo:
         if client is None:
             with cluster(engine) as c:
@@ -203,6 +204,20 @@ def run(
             _submit_all(client, stage, todo, out, engine, report)
     report.duration = time.time() - t0
     return report
+
+
+def _sweep_temp(out: str, ids: list[str]) -> None:
+    """Remove temp files a killed run left for shards about to be redone (local folders only;
+    an object store never sees temp names)."""
+    if not io.is_local(out):
+        return
+    import glob
+    import os
+
+    folder = io.fs_path(out)[1]
+    for sid in ids:
+        for tmp in glob.glob(os.path.join(glob.escape(folder), f".{glob.escape(sid)}*.tmp")):
+            os.unlink(tmp)
 
 
 def _submit_all(client, stage: Stage, todo: list[Shard], out: str, engine: EngineConfig, report: Report):

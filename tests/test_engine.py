@@ -99,6 +99,7 @@ def test_sigkill_midway_then_resume_loses_and_duplicates_nothing(tmp_path):
         assert (out / f"{sid}_stats.json").stat().st_mtime_ns == mtime
     assert all_keys(out) == all_keys(tmp_path / "in")  # nothing lost, nothing twice
     assert len(list(out.glob("*_stats.json"))) == 12
+    assert not list(out.glob(".*.tmp"))  # the killed run's temp files were swept
 
 
 def _free_port() -> int:

@@ -96,3 +96,38 @@ def http_root(tmp_path_factory) -> HttpRoot:
     thread.start()
     yield HttpRoot(root, f"http://127.0.0.1:{server.server_port}")
     server.shutdown()
+
+
+DEMO_PAIRS, DEMO_DOCS = 400, 40  # small enough to build in seconds, large enough for precision/recall
+
+
+def shared_once(tmp_path_factory, name: str, make) -> Path:
+    """A folder built once per test session and shared by the xdist workers (deterministic
+    builds only): the first worker builds it under a file lock, the others reuse it."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    base = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    folder, done = base / name, base / f"{name}.done"
+    with FileLock(str(base / f"{name}.lock")):
+        if not done.exists():
+            make(folder)
+            done.touch()
+    return folder
+
+
+@pytest.fixture(scope="session")
+def demo_corpus(tmp_path_factory) -> Path:
+    """A small demo corpus (pairs/, docs/, truth files, manifest.json), seed 0."""
+    from mmdata.demo.corpus import build
+
+    return shared_once(tmp_path_factory, "demo-corpus", lambda p: build(p, n_pairs=DEMO_PAIRS, n_docs=DEMO_DOCS, seed=0))
+
+
+@pytest.fixture(scope="session")
+def demo_server(demo_corpus):
+    """The demo web server over `demo_corpus`, in its own process (`.url`, `.port`, `.stats()`)."""
+    from mmdata.demo.server import DemoServer
+
+    with DemoServer(demo_corpus) as server:
+        yield server

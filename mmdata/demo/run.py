@@ -1,0 +1,51 @@
+"""`make demo`: build the demo corpus (once), serve it on 127.0.0.1, run every stage of the recipe.
+
+The recipe reaches the corpus and the server through `${MMDATA_DEMO_CORPUS}` and
+`${MMDATA_DEMO_PORT}`, so the same YAML works whatever port the server got.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from mmdata import config
+from mmdata import pipeline as pl
+from mmdata.demo.corpus import build
+from mmdata.demo.server import DemoServer
+
+
+def ensure_corpus(folder: Path, n_pairs: int, n_docs: int, seed: int, echo=print) -> Path:
+    """Build the corpus unless one of the same size and seed is already there (builds are
+    deterministic, so an existing one is exactly what a rebuild would give)."""
+    manifest = folder / "manifest.json"
+    if manifest.exists():
+        m = json.loads(manifest.read_text())
+        if (m.get("n_pairs"), m.get("n_docs"), m.get("seed")) == (n_pairs, n_docs, seed):
+            return folder
+    echo(f"building the demo corpus in {folder}: {n_pairs} pairs, {n_docs} documents")
+    build(folder, n_pairs=n_pairs, n_docs=n_docs, seed=seed)
+    return folder
+
+
+def run(
+    recipe: str | os.PathLike = "pipelines/demo.yaml",
+    overrides: list[str] = (),
+    *,
+    corpus: str | os.PathLike | None = None,
+    n_pairs: int = 2000,
+    n_docs: int = 200,
+    seed: int = 0,
+    stages: list[str] | None = None,
+    overwrite: bool = False,
+    echo=print,
+) -> list:
+    folder = Path(corpus or os.environ.get("MMDATA_DEMO_CORPUS") or "work/demo-corpus").resolve()
+    ensure_corpus(folder, n_pairs, n_docs, seed, echo)
+    with DemoServer(folder) as server:
+        os.environ["MMDATA_DEMO_CORPUS"] = str(folder)
+        os.environ["MMDATA_DEMO_PORT"] = str(server.port)
+        echo(f"demo web serving {folder} at {server.url}")
+        pipe = config.load(recipe, config.Pipeline, list(overrides))
+        return pl.run(pipe, stages, overwrite=overwrite, echo=echo)

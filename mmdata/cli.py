@@ -77,10 +77,156 @@ def run(config: Config, sets: Sets = None, overwrite: Overwrite = False, schedul
 
 
 @app.command()
+def download(config: Config, sets: Sets = None, overwrite: Overwrite = False, scheduler: Scheduler = None,
+             workers: Workers = None, threads: Threads = None,
+             retry_failed: Annotated[bool, typer.Option("--retry-failed", help="re-fetch only the failed rows of finished shards")] = False):
+    """Download image-caption pairs from URL lists into img2dataset-compatible shards."""
+    run_stage_command("download", config, sets, overwrite, scheduler, workers, threads, retry_failed=retry_failed)
+
+
+@app.command()
+def interleaved(config: Config, sets: Sets = None, overwrite: Overwrite = False, scheduler: Scheduler = None,
+                workers: Workers = None, threads: Threads = None):
+    """Interleaved image-text documents from WARC files, saved HTML or page URL lists."""
+    run_stage_command("interleaved", config, sets, overwrite, scheduler, workers, threads)
+
+
+@app.command()
+def text(config: Config, sets: Sets = None, overwrite: Overwrite = False, scheduler: Scheduler = None,
+         workers: Workers = None, threads: Threads = None):
+    """Text-only documents (Gopher/FineWeb-filtered) from WARC files, saved HTML or page URL lists."""
+    run_stage_command("text", config, sets, overwrite, scheduler, workers, threads)
+
+
+@app.command()
 def check(config: Config, sets: Sets = None, overwrite: Overwrite = False, scheduler: Scheduler = None,
           workers: Workers = None, threads: Threads = None):
     """Validate every record of a shard set against the schemas; tar and parquet must agree."""
     run_stage_command("check", config, sets, overwrite, scheduler, workers, threads)
+
+
+@app.command("filter")
+def filter_(config: Config, sets: Sets = None, overwrite: Overwrite = False, scheduler: Scheduler = None,
+            workers: Workers = None, threads: Threads = None):
+    """Measure captions and images into columns, then keep/drop by the recipe's thresholds; prints the funnel."""
+    run_stage_command("filter", config, sets, overwrite, scheduler, workers, threads)
+
+
+@app.command()
+def dedup(config: Config, sets: Sets = None, overwrite: Overwrite = False, scheduler: Scheduler = None,
+          workers: Workers = None, threads: Threads = None):
+    """Drop duplicates across all shards (eval set, URL, caption+image, image, near-duplicate); writes a keep list."""
+    run_stage_command("dedup", config, sets, overwrite, scheduler, workers, threads)
+
+
+@app.command()
+def clipscore(config: Config, sets: Sets = None, overwrite: Overwrite = False, scheduler: Scheduler = None,
+              workers: Workers = None, threads: Threads = None):
+    """Score image-caption cosine with a CLIP/SigLIP model, save embeddings, keep the pool's top fraction."""
+    run_stage_command("clipscore", config, sets, overwrite, scheduler, workers, threads)
+
+
+@app.command("tiny-clip")
+def tiny_clip(corpus: Annotated[Path, typer.Option(help="a demo corpus folder (with pairs/truth.parquet)")],
+              out: Annotated[Path, typer.Option(help="where to save_pretrained the model")],
+              steps: Annotated[Optional[int], typer.Option(help="training steps (default: the library's)")] = None):
+    """Train the tiny CLIP of the demo and the tests on a demo corpus (about a minute on CPU)."""
+    import dataclasses
+
+    from mmdata.models import tiny_clip as tc
+
+    cfg = tc.TinyClipConfig() if steps is None else dataclasses.replace(tc.TinyClipConfig(), steps=steps)
+    try:
+        path = tc.train(corpus, out, cfg, echo=typer.echo)
+    except FileNotFoundError as e:
+        fail(str(e))
+    typer.echo(f"tiny CLIP saved to {path}")
+
+
+@app.command()
+def shards(config: Config, sets: Sets = None, overwrite: Overwrite = False, scheduler: Scheduler = None,
+           workers: Workers = None, threads: Threads = None,
+           stream: Annotated[Optional[list[str]], typer.Option("--stream", help="only these streams (captions, interleaved, text)")] = None):
+    """Write the kept samples as shuffled, sized training shards with a manifest per stream."""
+    run_stage_command("shards", config, sets, overwrite, scheduler, workers, threads, streams=stream or None)
+
+
+@app.command()
+def verify(manifest: Annotated[str, typer.Option("--manifest", "-m", help="manifest.json or its folder (local, s3://, ...)")],
+           quick: Annotated[bool, typer.Option("--quick", help="sizes only, no checksums")] = False):
+    """Check training shards against their manifest; exits 1 naming each missing or corrupted shard."""
+    from mmdata import manifest as mf
+
+    try:
+        m = mf.read(manifest)
+        problems = mf.verify(manifest, checksums=not quick)
+    except (OSError, ValueError) as e:
+        fail(f"{manifest}: cannot read the manifest: {e}")
+    for p in problems:
+        typer.echo(f"BAD {p}", err=True)
+    if problems:
+        typer.echo(f"{len(problems)} of {len(m['shards'])} shards failed verification", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"ok: {len(m['shards'])} shards, {m['count']} samples, {m['bytes']} bytes match {mf.manifest_url(manifest)}")
+
+
+@app.command("mix-stats")
+def mix_stats(mixture: Annotated[Path, typer.Option("--mixture", "-m", help="mixture YAML (pipelines/mixtures/)")],
+              sets: Sets = None,
+              batches: Annotated[int, typer.Option("--batches", "-n", help="global batches to read")] = 100,
+              world_size: Annotated[int, typer.Option("--world-size", help="simulated ranks, read in turn")] = 1,
+              workers: Annotated[int, typer.Option("--workers", help="DataLoader workers per rank")] = 0):
+    """Read N global batches of a mixture and print per-source realized counts and shares."""
+    from mmdata.mix import MixError
+    from mmdata.mix import stats
+
+    try:
+        typer.echo(stats.run(mixture, batches, world_size=world_size, num_workers=workers, overrides=sets or []).table())
+    except (ConfigError, MixError) as e:
+        fail(str(e))
+
+
+@app.command()
+def demo(config: Annotated[Path, typer.Option("--config", "-c", help="the demo recipe")] = Path("pipelines/demo.yaml"),
+         sets: Sets = None, overwrite: Overwrite = False,
+         corpus: Annotated[Optional[Path], typer.Option(help="demo corpus folder (default work/demo-corpus)")] = None,
+         pairs: Annotated[int, typer.Option(help="image-caption pairs in the corpus")] = 2000,
+         docs: Annotated[int, typer.Option(help="web pages in the corpus")] = 200,
+         seed: int = 0,
+         stage: Annotated[Optional[list[str]], typer.Option("--stage", help="run only these stages")] = None):
+    """Build the offline demo corpus, serve it on 127.0.0.1 and run every stage of the recipe on it."""
+    from mmdata.demo import run as demo_run
+
+    try:
+        demo_run.run(config, sets or [], corpus=corpus, n_pairs=pairs, n_docs=docs, seed=seed,
+                     stages=stage or None, overwrite=overwrite, echo=typer.echo)
+    except ConfigError as e:
+        fail(str(e))
+    except StageFailed as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(1)
+
+
+@app.command("demo-data")
+def demo_data(out: Annotated[Path, typer.Option(help="output folder")],
+              pairs: Annotated[int, typer.Option(help="image-caption pairs")] = 2000,
+              docs: Annotated[int, typer.Option(help="web pages (HTML files + one WARC)")] = 200,
+              seed: int = 0):
+    """Build the offline demo corpus: pairs with labelled noise, web pages and a WARC, truth files."""
+    from mmdata.demo.corpus import build
+
+    m = build(out, n_pairs=pairs, n_docs=docs, seed=seed)
+    typer.echo(f"demo corpus in {out}: {pairs} pairs, {docs} documents, "
+               f"{(m['pairs']['bytes'] + m['docs']['bytes']) / 2**20:.1f} MiB")
+
+
+@app.command()
+def serve(root: Annotated[Optional[Path], typer.Option(help="a demo corpus folder (none: fault modes and stand-ins only)")] = None,
+          host: str = "127.0.0.1", port: Annotated[int, typer.Option(help="0 picks a free port")] = 8000):
+    """Serve a demo corpus over HTTP (virtual hosts by Host header, fault modes by URL) until Ctrl-C."""
+    from mmdata.demo.server import serve as run_server
+
+    run_server(root, host=host, port=port)
 
 
 @app.command("config")

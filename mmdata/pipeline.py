@@ -12,6 +12,13 @@ log = logging.getLogger(__name__)
 
 # stage name -> module under mmdata.stages; the order is the order a full run uses
 STAGES = {
+    "download": "download",
+    "filter": "filter",
+    "dedup": "dedup",
+    "clipscore": "clipscore",
+    "interleaved": "interleaved",
+    "text": "text",
+    "shards": "shards",
     "check": "check",
 }
 

@@ -164,6 +164,56 @@ class _Site:
         return job
 
 
+# English article prose is generated from a small grammar rather than drawn from a fixed list of
+# sentences: real articles rarely repeat a sentence, and OBELICS's word-repetition and Gopher's
+# duplicate n-gram filters (at their reference thresholds) must keep clean generated articles.
+_OPENERS = ("", "Last week,", "Earlier this year,", "On Saturday,", "For the first time,", "After months of work,",
+            "Somewhat unexpectedly,", "In the spring,", "Since the opening,", "According to the catalogue,",
+            "Late in the evening,", "During the preview,")
+_SUBJECTS = ("the curator", "a young painter from Leeds", "the museum's director", "a group of design students",
+             "an elderly collector", "the restoration team", "a visiting sculptor", "two local photographers",
+             "the head of education", "a retired engineer", "the exhibition architect", "a children's book author",
+             "the night guard", "a printmaker from Lisbon", "the gallery's archivist", "a volunteer guide")
+_VERBS = ("presented", "described", "restored", "photographed", "rearranged", "sketched", "compared",
+          "catalogued", "criticised", "praised", "measured", "reframed", "lent", "discovered", "questioned",
+          "repainted")
+_OBJECTS = ("a series of {colour} prints", "the {shape} installation", "an early pencil study",
+            "a wall of glazed tiles", "three tall panels", "the oldest piece in the collection",
+            "a small cardboard model", "a torn concert poster", "the reading room",
+            "a notebook full of studies", "a cracked ceramic bowl", "the flickering neon sign",
+            "a stack of wooden stencils", "a faded silk banner", "a glass case of brushes",
+            "the woven tapestry")
+_PLACES = ("in the east wing.", "before the doors opened.", "for a small audience of collectors.",
+           "next to the old loading dock.", "while the rain kept visitors inside.", "under the glass roof.",
+           "with surprising patience.", "for the second time this month.", "in front of a school class.",
+           "without saying a word.", "beside a window facing the harbour.", "on a borrowed ladder.",
+           "at the far end of the corridor.", "in less than an hour.", "to polite applause.",
+           "as the lights were dimmed.")
+
+
+class _Prose:
+    """English sentences for one article: each grammar part cycles through its own shuffled pool,
+    so a part recurs only after every alternative was used (as a writer varies their wording)."""
+
+    POOLS = (_OPENERS, _SUBJECTS, _VERBS, _OBJECTS, _PLACES)
+
+    def __init__(self, r: np.random.Generator, **words):
+        self.r, self.words = r, words
+        self.queues: list[list[str]] = [[] for _ in self.POOLS]
+
+    def _next(self, k: int) -> str:
+        if not self.queues[k]:
+            self.queues[k] = [self.POOLS[k][i] for i in self.r.permutation(len(self.POOLS[k]))]
+        return self.queues[k].pop()
+
+    def sentences(self, n: int) -> str:
+        out = []
+        for _ in range(n):
+            text = " ".join(p for p in (self._next(k) for k in range(len(self.POOLS))) if p).format(**self.words)
+            out.append(text[0].upper() + text[1:])
+        return " ".join(out)
+
+
 def _paragraph(r: np.random.Generator, pool, n: int, **words) -> str:
     picks = r.choice(len(pool), size=n, replace=False)
     return " ".join(pool[k].format(**words) for k in picks)
@@ -181,11 +231,12 @@ def _article(i: int, lang: str, r: np.random.Generator, site: _Site) -> Page:
     n_text = n_images + int(r.integers(1, 4))
     image_after = sorted(r.choice(n_text, size=n_images, replace=False))
     blocks: list = []
+    prose = _Prose(r, **words)
+    topics = list(r.permutation(len(_EN_TOPIC)))
     for p in range(n_text):
         if lang == "en":
-            text = (
-                _paragraph(r, _EN_TOPIC, 2, **words) + " " + _paragraph(r, _EN_GENERAL, int(r.integers(2, 4)))
-            )
+            topic = _EN_TOPIC[topics[p % len(topics)]].format(**words)
+            text = topic + " " + prose.sentences(int(r.integers(2, 4)))
         else:
             text = _paragraph(r, _FOREIGN_PROSE[lang], int(r.integers(3, 5)))
         blocks.append(text)

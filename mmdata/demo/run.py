@@ -39,6 +39,8 @@ def run(
     seed: int = 0,
     stages: list[str] | None = None,
     overwrite: bool = False,
+    mixture: str | os.PathLike | None = "pipelines/mixtures/mm1.yaml",
+    mix_batches: int = 20,
     echo=print,
 ) -> list:
     folder = Path(corpus or os.environ.get("MMDATA_DEMO_CORPUS") or "work/demo-corpus").resolve()
@@ -48,4 +50,11 @@ def run(
         os.environ["MMDATA_DEMO_PORT"] = str(server.port)
         echo(f"demo web serving {folder} at {server.url}")
         pipe = config.load(recipe, config.Pipeline, list(overrides))
-        return pl.run(pipe, stages, overwrite=overwrite, echo=echo)
+        reports = pl.run(pipe, stages, overwrite=overwrite, echo=echo)
+    if mixture and "shards" in (stages or pipe.stages):
+        # the training side: the MM1 mixture over the shards just written, small batches for a small corpus
+        from mmdata.mix import stats as mix_stats
+
+        os.environ["MMDATA_SHARDS"] = pipe.stage_dir("shards")
+        echo(mix_stats.run(mixture, mix_batches, overrides=["global_batch=64", "lanes=2"]).table())
+    return reports

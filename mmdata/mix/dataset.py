@@ -1,0 +1,302 @@
+"""The mixture as a PyTorch IterableDataset of local batches, resumable mid-epoch.
+
+The dataset yields whole local batches (one per global batch, this rank's slice). With DataLoader
+workers, worker w makes batches start+w, start+w+K, ...; the DataLoader takes them round robin,
+so the trainer sees batches in order. Batch b reads from lane b % lanes and K must divide lanes, so
+each lane belongs to one worker and the stream is the same for any K that divides `lanes`.
+
+The stream is a pure function of (mixture, catalogue, world size, rank, epoch, batch index): the
+state is just (epoch, batch) plus, for checking, each source's per-lane positions. `MixLoader`
+counts the batches the trainer has taken (not what workers prefetched), so a state saved at any
+point restores exactly, whatever the number of workers before and after.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import xxhash
+from torch.utils.data import IterableDataset, get_worker_info
+
+from mmdata import config as cfgmod
+from mmdata import shards as io
+from mmdata.config import MixSource, Mixture
+from mmdata.mix import reader
+from mmdata.mix.decode import Decoder, estimate_tokens, meta
+from mmdata.mix.plan import MixError, MixExhausted, Plan, tag
+
+FORMAT = "mmdata.mix/1"
+
+
+@dataclass
+class Source:
+    name: str
+    cfg: MixSource
+    shards: list[tuple[str, int]]
+    weight: float  # what the plan allocates by: samples share (unit=tokens: divided by tokens/sample)
+    tokens: float | None = None  # tokens per sample (estimate)
+
+    @property
+    def total(self) -> int:
+        return sum(n for _, n in self.shards)
+
+
+def load_mixture(mixture: Mixture | str | Path, overrides: list[str] = ()) -> Mixture:
+    return mixture if isinstance(mixture, Mixture) else cfgmod.load(mixture, Mixture, overrides)
+
+
+def _distributed() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class MixDataset(IterableDataset):
+    """This rank's local batches of a mixture. `decode=False` yields raw samples (bytes) instead of
+    tensors. `num_workers` is the DataLoader's, checked against `lanes` before anything starts."""
+
+    def __init__(self, mixture: Mixture | str | Path, *, rank: int | None = None, world_size: int | None = None,
+                 num_workers: int = 0, decode: bool = True):
+        self.mix = m = load_mixture(mixture)
+        auto = _distributed()
+        self.rank = auto[0] if rank is None else rank
+        self.world = auto[1] if world_size is None else world_size
+        self.num_workers, self.decode = num_workers, decode
+        if not 0 <= self.rank < self.world:
+            raise MixError(f"rank {self.rank} is outside world_size {self.world}")
+        self._check_workers(max(1, num_workers))
+        self.readers = self.world * m.lanes
+        self.sources = [self._source(n, s) for n, s in m.sources.items() if s.weight > 0]
+        self.idle = [n for n, s in m.sources.items() if s.weight == 0]
+        self.plan = Plan([s.weight for s in self.sources], m.global_batch, self.world, seed=m.seed,
+                         guarantee=m.guarantee)
+        self.decoder = Decoder(m.decode)
+        self.epoch, self.batch = 0, 0
+        self._pieces: dict[int, list[list[list[reader.Piece]]]] = {}
+        self._ends: dict[int, tuple[int | None, str | None]] = {}
+
+    # -- set-up
+
+    def _check_workers(self, k: int) -> None:
+        if self.mix.lanes % k:
+            raise MixError(f"DataLoader num_workers={k} does not divide the mixture's lanes={self.mix.lanes}; "
+                           f"use a divisor of {self.mix.lanes} or change `lanes` (which changes the stream)")
+
+    def _source(self, name: str, cfg: MixSource) -> Source:
+        shards = reader.catalogue(name, cfg.shards)
+        src = Source(name, cfg, shards, cfg.weight)
+        if src.total < self.readers:
+            raise MixError(f"source '{name}' has {src.total} samples, fewer than its {self.readers} readers "
+                           f"(world_size {self.world} x lanes {self.mix.lanes}); every reader needs one: "
+                           f"lower `lanes` or add data")
+        if self.mix.unit == "tokens":
+            src.tokens = cfg.tokens_per_sample or self._probe(src)
+            src.weight = cfg.weight / src.tokens
+        return src
+
+    def _probe(self, src: Source) -> float:
+        """Mean estimated tokens per sample over the first `token_probe` samples (catalogue order,
+        so every rank gets the same number)."""
+        seen: list[int] = []
+        for url, _ in src.shards:
+            for sample in io.read_shard(url):
+                seen.append(estimate_tokens(sample, self.mix.decode))
+                if len(seen) >= self.mix.token_probe:
+                    return float(np.mean(seen))
+        return float(np.mean(seen))
+
+    def pieces(self, epoch: int) -> list[list[list[reader.Piece]]]:
+        """[source][reader] -> pieces; reader = rank * lanes + lane."""
+        if epoch not in self._pieces:
+            self._pieces = {epoch: [reader.split(s.shards, self.readers, self.mix.seed, s.name, epoch)
+                                    for s in self.sources]}
+        return self._pieces[epoch]
+
+    def sizes(self, epoch: int) -> np.ndarray:
+        """[sources, ranks, lanes]: samples each reader holds this epoch."""
+        out = np.array([[sum(len(p) for p in ps) for ps in src] for src in self.pieces(epoch)], dtype=np.int64)
+        return out.reshape(len(self.sources), self.world, self.mix.lanes)
+
+    def end(self, epoch: int) -> tuple[int | None, str | None]:
+        """(batches in this epoch or None = endless, error to raise at that batch or None)."""
+        if epoch not in self._ends:
+            m = self.mix
+            stop, error = m.steps_per_epoch, None
+            if m.exhaustion != "cycle":
+                hit = self.plan.exhaustion(epoch, self.sizes(epoch), m.steps_per_epoch)
+                if hit is not None:
+                    b, s, r, lane = hit
+                    stop = b
+                    if m.exhaustion == "error":
+                        error = (f"source '{self.sources[s].name}' ran out at global batch {b} of epoch {epoch} "
+                                 f"(rank {r}, lane {lane} holds {self.sizes(epoch)[s, r, lane]} samples); "
+                                 f"exhaustion: error")
+            self._ends[epoch] = (stop, error)
+        return self._ends[epoch]
+
+    # -- iteration
+
+    def __iter__(self):
+        info = get_worker_info()
+        k, w = (info.num_workers, info.id) if info else (1, 0)
+        self._check_workers(k)
+        m, epoch, start = self.mix, self.epoch, self.batch
+        stop, error = self.end(epoch)
+        lanes = m.lanes
+        mine = [lane for lane in range(lanes) if (lane - start - w) % k == 0]
+        used = self.plan.consumed(epoch, start, self.rank, lanes)
+        pieces = self.pieces(epoch)
+        streams = {
+            (s, lane): reader.stream(pieces[s][self.rank * lanes + lane], int(used[s, lane]),
+                                     (m.seed, tag(src.name), epoch, self.rank, lane))
+            for s, src in enumerate(self.sources) for lane in mine
+        }
+        b = start + w
+        try:
+            while stop is None or b < stop:
+                lane = b % lanes
+                picks = [(s, *next(streams[(s, lane)])) for s in self.plan.order(epoch, b, self.rank)]
+                batch = self._batch(epoch, b, picks)
+                self.epoch, self.batch = epoch, b + 1  # in-process use: the state follows what was yielded
+                yield batch
+                b += k
+        finally:
+            for g in streams.values():
+                g.close()
+        if error is not None and b == stop:  # only the worker whose turn it is raises, so it comes in order
+            raise MixExhausted(error)
+        self.epoch, self.batch = epoch + 1, 0
+
+    def _batch(self, epoch: int, b: int, picks: list[tuple[int, int, dict]]) -> dict:
+        names = [self.sources[s].name for s, _, _ in picks]
+        samples = [x for _, _, x in picks]
+        synthetic = [self._synthetic(self.sources[s], epoch, x) for s, _, x in picks]
+        if self.decode:
+            out = self.decoder.batch(samples, names, synthetic, epoch, b)
+        else:
+            out = {"samples": samples, "sources": names, "keys": [x["__key__"] for x in samples],
+                   "synthetic": synthetic, "epoch": epoch, "batch": b}
+        out["passes"] = [p for _, p, _ in picks]
+        return out
+
+    def _synthetic(self, src: Source, epoch: int, sample: dict) -> bool:
+        """VeCap share: a seeded coin per (source, epoch, sample), the same on every rank and worker."""
+        share = src.cfg.synthetic_share
+        if share <= 0:
+            return False
+        h = xxhash.xxh64_intdigest(f"{self.mix.seed}/{src.name}/{epoch}/{sample['__key__']}".encode())
+        return h / 2**64 < share and bool(meta(sample).get("synthetic_caption"))  # no VeCap caption: AltText
+
+    # -- state
+
+    def fingerprint(self) -> str:
+        """What the stream depends on. Shard base names, not URLs: the same shards moved from local disk
+        to S3 restore fine."""
+        m = self.mix
+        data = {
+            "seed": m.seed, "global_batch": m.global_batch, "guarantee": m.guarantee, "unit": m.unit,
+            "exhaustion": m.exhaustion, "lanes": m.lanes, "steps_per_epoch": m.steps_per_epoch,
+            "sources": {s.name: {"units": u, "synthetic_share": s.cfg.synthetic_share,
+                                 "shards": [[posixpath.basename(url), n] for url, n in s.shards]}
+                        for s, u in zip(self.sources, self.plan.units)},
+        }
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+    def positions(self, epoch: int | None = None, batch: int | None = None) -> dict[str, list[int]]:
+        """Samples each source's lanes of this rank have delivered before `batch`."""
+        epoch = self.epoch if epoch is None else epoch
+        batch = self.batch if batch is None else batch
+        used = self.plan.consumed(epoch, batch, self.rank, self.mix.lanes)
+        return {s.name: used[i].tolist() for i, s in enumerate(self.sources)}
+
+    def state_dict(self) -> dict:
+        return {
+            "format": FORMAT, "mixture": self.mix.name, "fingerprint": self.fingerprint(),
+            "world_size": self.world, "rank": self.rank, "lanes": self.mix.lanes, "num_workers": self.num_workers,
+            "epoch": self.epoch, "batch": self.batch, "positions": self.positions(),
+            # all randomness is counter-based: drawn from these, nothing else to save
+            "rng": {"seed": self.mix.seed, "keys": "seed, source, epoch, batch, rank, lane, pass"},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        problems = []
+        if state.get("format") != FORMAT:
+            raise MixError(f"not a mixture sampler state (format {state.get('format')!r}, expected {FORMAT!r})")
+        if state["world_size"] != self.world or state["rank"] != self.rank:
+            problems.append(f"saved by rank {state['rank']} of world_size {state['world_size']}, this is rank "
+                            f"{self.rank} of {self.world}: re-sharding across ranks is not supported; resume "
+                            f"with world_size {state['world_size']} or start a new epoch")
+        if state["lanes"] != self.mix.lanes:
+            problems.append(f"saved with lanes={state['lanes']}, the mixture now has lanes={self.mix.lanes}")
+        if state["fingerprint"] != self.fingerprint():
+            problems.append("the mixture (weights, seed, batch, policy) or its shards changed since the state was saved")
+        if problems:
+            raise MixError("cannot restore the sampler state: " + "; ".join(problems))
+        if self.positions(state["epoch"], state["batch"]) != state["positions"]:
+            raise MixError("cannot restore the sampler state: its per-source positions disagree with the plan")
+        self.epoch, self.batch = state["epoch"], state["batch"]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch, self.batch = epoch, 0
+
+
+class MixLoader:
+    """A DataLoader over a MixDataset that knows what the trainer has consumed.
+
+    `state_dict()` at any point describes the batches handed out so far (prefetched ones are made
+    again after a restore); `realized` counts samples per source, `synthetic` VeCap captions used.
+    """
+
+    def __init__(self, dataset: MixDataset, *, num_workers: int = 0, **kwargs):
+        dataset._check_workers(max(1, num_workers))
+        self.dataset, self.num_workers, self.kwargs = dataset, num_workers, kwargs
+        self.realized: Counter = Counter()
+        self.synthetic: Counter = Counter()
+        self.tokens: Counter = Counter()
+
+    def __iter__(self):
+        from torch.utils.data import DataLoader
+
+        ds = self.dataset
+        ds.num_workers = self.num_workers
+        epoch = ds.epoch
+        dl = DataLoader(ds, batch_size=None, num_workers=self.num_workers, persistent_workers=False,
+                        collate_fn=as_is, **self.kwargs)
+        for batch in dl:
+            ds.epoch, ds.batch = batch["epoch"], batch["batch"] + 1
+            self._tally(batch)
+            yield batch
+        ds.epoch, ds.batch = epoch + 1, 0  # the epoch ran to its end
+
+    def _tally(self, batch: dict) -> None:
+        self.realized.update(batch["sources"])
+        flags = batch.get("synthetic") or [c == "synthetic" for c in batch.get("caption", [])]
+        self.synthetic.update(s for s, f in zip(batch["sources"], flags) if f)
+        for s, t in zip(batch["sources"], batch.get("tokens", [])):
+            self.tokens[s] += t
+
+    def state_dict(self) -> dict:
+        return self.dataset.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.dataset.load_state_dict(state)
+
+
+def as_is(batch: dict) -> dict:
+    """Batches are made whole in the dataset; torch's default_convert would walk every raw sample."""
+    return batch
+
+
+def loader(mixture: Mixture | str | Path, *, rank: int | None = None, world_size: int | None = None,
+           num_workers: int = 2, decode: bool = True, **kwargs) -> MixLoader:
+    """The trainer's entry point: `for batch in loader("pipelines/mixtures/mm1.yaml"): ...`.
+    rank and world_size default to torch.distributed's; kwargs go to the DataLoader."""
+    ds = MixDataset(mixture, rank=rank, world_size=world_size, num_workers=num_workers, decode=decode)
+    return MixLoader(ds, num_workers=num_workers, **kwargs)

@@ -1,0 +1,415 @@
+"""`shards`: the kept samples of each stream into shuffled, sized training shards with a manifest.
+
+Streams: `captions` (the download shard set joined with the filter/dedup/clipscore/recaption
+sidecars), `interleaved` and `text`. For each stream:
+
+1. **Index** (one Dask task per input shard): join the sidecars (`store.table`), decide kept or
+   dropped with the first reason (the record's status, else `<stage>:<drop_reason>`), and read the
+   tar's member offsets. Every kept sample gets a sort key `xxh64(key, seed)`.
+2. **Plan** (client): sort the kept samples by that key (a seeded global shuffle that does not
+   depend on how the input was sharded or listed) and cut contiguous output shards by sample count
+   and/or bytes. Each output shard's rows go to `_state/{stream}/plan/{name}.parquet`; every input
+   record with its reason or its place goes to `_ledger.parquet`; `_plan.json` holds a digest.
+3. **Write** (one engine task per output shard): read the members by byte range straight from the
+   input tars (no re-encode, one read per byte, local or s3://), add provenance, scores and the
+   synthetic caption to each json, and write the tar atomically. The engine's stats file is the
+   per-shard done marker, so a killed run redoes only unfinished shards, byte for byte the same.
+4. **Manifest** from the shards' stats, `manifest.parquet`, and the Energon folder.
+
+Why not a Dask dataframe shuffle: it would move every image through worker memory and lose the
+per-output-shard resume; reading by tar offset moves each byte once and makes any output shard
+computable on its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import json
+import math
+import tarfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mmdata import manifest as mf
+from mmdata import shards as io
+from mmdata.config import ConfigError, Pipeline, ShardsConfig, StreamConfig
+from mmdata.engine import Report, Shard, Stage, cluster, finished
+from mmdata.engine import run as run_engine
+from mmdata.store import ShardSet, kept, table
+
+STREAMS = ("captions", "interleaved", "text")
+LEDGER = "_ledger.parquet"
+PLAN = "_plan.json"
+FETCH_BATCH = 256  # samples fetched together (one ranged read per input tar on object stores)
+
+
+# ---------------------------------------------------------------------------------------------
+# index: one input shard -> a row per record
+
+
+def tar_members(url: str) -> dict[str, list[tuple[str, int, int]]]:
+    """key -> [(ext, data offset, size)] from the tar headers (data is skipped where it can be)."""
+    out: dict[str, list[tuple[str, int, int]]] = {}
+    fs, path = io.fs_path(url)
+    try:
+        with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
+            for m in tar:
+                if not m.isfile() or not io.safe_member(m.name):
+                    continue
+                key, ext = io.split_name(m.name)
+                if ext:
+                    out.setdefault(key, []).append((ext, m.offset_data, m.size))
+    except (tarfile.TarError, EOFError) as e:
+        raise io.ShardError(f"{url}: unreadable tar: {e}") from e
+    return out
+
+
+_SKIP = object()
+
+
+def _scalar(value: Any) -> Any:
+    """A parquet cell as a JSON scalar (NaN/NA -> None); `_SKIP` for lists, arrays and bytes, which
+    stay in the sidecars (hash variants, thumbnails, embeddings have no place in every sample)."""
+    if isinstance(value, bytes | bytearray | list | tuple | dict | np.ndarray):
+        return _SKIP
+    if value is None or pd.isna(value):
+        return None
+    if isinstance(value, pd.Timestamp):
+        return value.isoformat()
+    return value.item() if hasattr(value, "item") else value
+
+
+def _tar_bytes(members: list[tuple[str, int, int]]) -> int:
+    """A sample's size inside a tar: a 512-byte header per member plus its data padded to 512."""
+    return sum(512 + math.ceil(size / 512) * 512 for _, _, size in members)
+
+
+def index_shard(source: str, shard_id: str, sidecars: dict[str, str], synthetic: str, seed: int,
+                score_columns: tuple[str, ...] = ("*",)) -> pd.DataFrame:
+    """Every record of one input shard: kept (with members, size, sort key, extras) or its drop reason."""
+    import xxhash
+
+    base = ShardSet(source)
+    df = table(base, shard_id, sidecars)
+    reason = pd.Series(None, index=df.index, dtype=object)
+    failed = df["status"].ne("success")
+    reason[failed] = df.loc[failed, "status"]
+    if "drop_reason" in df:  # a shard set that filters itself (interleaved, text) says why
+        why = failed & df["drop_reason"].notna()
+        reason[why] = df.loc[why, "status"] + ":" + df.loc[why, "drop_reason"].astype(str)
+    for stage in sidecars:
+        col = f"{stage}.drop_reason"
+        if col in df:
+            hit = reason.isna() & df[col].notna()
+            reason[hit] = stage + ":" + df.loc[hit, col].astype(str)
+    keep = kept(df)
+    if not keep.eq(reason.isna()).all():  # both read the same columns; a mismatch is a bug here
+        raise AssertionError(f"{shard_id}: decisions disagree with store.kept")
+
+    tar = base.tar(shard_id)
+    members = tar_members(tar) if keep.any() and io.exists(tar) else {}
+    scored = [c for c in df.columns if "." in c and not c.endswith(".drop_reason") and c != synthetic
+              and any(fnmatch.fnmatchcase(c, p) for p in score_columns)]
+    rows = []
+    for i, rec in zip(df.index, df.to_dict("records")):
+        key = str(rec["key"])
+        why = reason[i]
+        row = {"source": shard_id, "key": key, "drop_reason": None if pd.isna(why) else why, "order": 0,
+               "nbytes": 0, "members": None, "extra": None}
+        if row["drop_reason"] is None:
+            parts = members.get(key)
+            if not parts:
+                row["drop_reason"] = "missing_from_tar"
+            else:
+                scores = {c: _scalar(rec[c]) for c in scored}
+                extra = {"scores": {c: v for c, v in scores.items() if v is not _SKIP}}
+                if synthetic in rec and _scalar(rec[synthetic]) not in (None, _SKIP):
+                    extra["synthetic_caption"] = rec[synthetic]
+                row.update(order=xxhash.xxh64_intdigest(key.encode(), seed=seed & (2**64 - 1)), nbytes=_tar_bytes(parts),
+                           members=json.dumps(parts), extra=json.dumps(extra, sort_keys=True, ensure_ascii=False))
+        rows.append(row)
+    out = pd.DataFrame(rows, columns=["source", "key", "drop_reason", "order", "nbytes", "members", "extra"])
+    out["order"] = out["order"].astype("uint64")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# plan: the global shuffle and the cut into output shards
+
+
+def cut(nbytes: np.ndarray, max_samples: int | None, max_bytes: int | None) -> np.ndarray:
+    """Output shard number per sample, in order: a shard closes once it reaches either limit."""
+    if not max_bytes:
+        return np.arange(len(nbytes)) // max_samples
+    out = np.empty(len(nbytes), dtype=np.int64)
+    shard = n = size = 0
+    for i, b in enumerate(nbytes.tolist()):
+        out[i] = shard
+        n, size = n + 1, size + b
+        if (max_samples and n >= max_samples) or size >= max_bytes:
+            shard, n, size = shard + 1, 0, 0
+    return out
+
+
+def shard_name(n: int) -> str:
+    return f"{n:05d}"
+
+
+def plan(records: pd.DataFrame, cfg: ShardsConfig) -> pd.DataFrame:
+    """The kept records in output order, with `shard` (output shard name) and `position`."""
+    keep = records[records["drop_reason"].isna()].sort_values(["order", "source", "key"], kind="stable")
+    keep = keep.reset_index(drop=True)
+    numbers = cut(keep["nbytes"].to_numpy(), cfg.shard_samples, int(cfg.shard_bytes) if cfg.shard_bytes else None)
+    keep["shard"] = [shard_name(n) for n in numbers]
+    keep["position"] = keep.groupby("shard").cumcount()
+    return keep
+
+
+def digest(records: pd.DataFrame, order: pd.DataFrame) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for frame, cols in ((records, ["source", "key", "drop_reason"]),
+                        (order, ["shard", "position", "source", "key", "members", "extra"])):
+        h.update(pd.util.hash_pandas_object(frame[cols].astype(str), index=False).to_numpy().tobytes())
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# write: one output shard
+
+
+def _read_ranges(url: str, ranges: list[tuple[int, int]]) -> list[bytes]:
+    fs, path = io.fs_path(url)
+    if io.is_local(url):
+        out = []
+        with open(path, "rb") as f:
+            for start, size in ranges:
+                f.seek(start)
+                out.append(f.read(size))
+        return out
+    return fs.cat_ranges([path] * len(ranges), [s for s, _ in ranges], [s + n for s, n in ranges])
+
+
+def fetch(source: ShardSet, rows: list[dict]) -> dict[str, dict[str, bytes]]:
+    """key -> {ext: bytes} for a batch of plan rows, one read per input tar."""
+    by_tar: dict[str, list[tuple[str, str, int, int]]] = {}
+    for row in rows:
+        for ext, offset, size in json.loads(row["members"]):
+            by_tar.setdefault(row["source"], []).append((row["key"], ext, offset, size))
+    out: dict[str, dict[str, bytes]] = {}
+    for shard_id, wanted in by_tar.items():
+        wanted.sort(key=lambda w: w[2])
+        url = source.tar(shard_id)
+        blobs = _read_ranges(url, [(off, size) for _, _, off, size in wanted])
+        for (key, ext, _, size), blob in zip(wanted, blobs):
+            if len(blob) != size:
+                raise io.ShardError(f"{url}: member {key}.{ext} is {len(blob)} bytes, its header says {size}")
+            out.setdefault(key, {})[ext] = blob
+    return out
+
+
+def training_sample(row: dict, parts: dict[str, bytes], set_name: str) -> dict:
+    """The input sample's members as they are, its json enriched with provenance and scores."""
+    sample = {"__key__": row["key"], **parts}
+    if "json" in parts:
+        record = json.loads(parts["json"])
+        extra = json.loads(row["extra"])
+        record["source"] = {"set": set_name, "shard": row["source"], "key": row["key"]}
+        if extra["scores"]:
+            record["scores"] = extra["scores"]
+        if extra.get("synthetic_caption") is not None:
+            record["synthetic_caption"] = extra["synthetic_caption"]
+        sample["json"] = record
+    return sample
+
+
+class Write(Stage):
+    """Writes one output shard from its plan file."""
+
+    name = "shards"
+
+    def __init__(self, source: str, set_name: str, dest: str):
+        self.source, self.set_name, self.dest = source, set_name, dest
+
+    def process(self, shard: Shard, out: str) -> dict:
+        rows = io.read_parquet(shard.urls["plan"]).sort_values("position").to_dict("records")
+        if not rows:
+            raise io.ShardError(f"plan for {shard.id} is empty")
+        source = ShardSet(self.source)
+        sink = io.TarSink(io.join(self.dest, f"{shard.id}.tar"))
+        try:
+            for i in range(0, len(rows), FETCH_BATCH):
+                batch = rows[i : i + FETCH_BATCH]
+                parts = fetch(source, batch)
+                for row in batch:
+                    sink.write(training_sample(row, parts[row["key"]], self.set_name))
+        except BaseException:
+            sink.discard()
+            raise
+        info = sink.commit()
+        return {"count": info.count, "successes": info.count, "status_dict": {"written": info.count},
+                "name": f"{shard.id}.tar", "bytes": info.bytes, "sha256": info.sha256, "url": info.url}
+
+
+# ---------------------------------------------------------------------------------------------
+# the stage
+
+
+@dataclass
+class ShardsReport(Report):
+    streams: dict[str, dict] = field(default_factory=dict)  # stream -> what happened to it
+
+    def summary(self) -> str:
+        written = sum(st["count"] for st in self.done.values())
+        lines = [(f"shards: {len(self.done)} training shards written ({written} samples), {len(self.skipped)} "
+                  f"already done, {len(self.failed)} failed ({self.duration:.1f}s) -> {self.out}")]
+        lines += [f"  {what} FAILED: {err}" for what, err in sorted(self.failed.items())]
+        for stream, s in self.streams.items():
+            if "skipped" in s:
+                lines.append(f"  {stream}: skipped ({s['skipped']})")
+                continue
+            reasons = ", ".join(f"{r} {n}" for r, n in sorted(s["dropped"].items(), key=lambda x: -x[1]))
+            lines.append(
+                f"  {stream}: {s['records']} records, {s['kept']} kept -> {s['shards']} shards "
+                f"({s['bytes'] / 1e6:.1f} MB) {s.get('manifest', '(no manifest)')}"
+                + (f"; dropped: {reasons}" if reasons else "")
+            )
+            if s.get("sidecars_absent"):
+                lines.append(f"    sidecars not found (not applied): {', '.join(s['sidecars_absent'])}")
+            if s.get("energon"):
+                lines.append(f"    energon: {s['energon']}")
+        return "\n".join(lines)
+
+
+def _folder(pipeline: Pipeline, name_or_url: str) -> str:
+    """A path/URL as given, or a stage's output folder (its section's `output`, else under workdir)."""
+    if "/" in name_or_url or "://" in name_or_url:
+        return name_or_url.rstrip("/")
+    section = getattr(pipeline, name_or_url, None) if name_or_url in type(pipeline).model_fields else None
+    return getattr(section, "output", None) or pipeline.stage_dir(name_or_url)
+
+
+def _run_stream(pipeline: Pipeline, cfg: ShardsConfig, stream: str, scfg: StreamConfig, client,
+                overwrite: bool, report: ShardsReport) -> None:
+    source = ShardSet(_folder(pipeline, scfg.input))
+    ids = source.ids()
+    if not ids:
+        report.streams[stream] = {"skipped": f"no finished shards under {source.url}"}
+        return
+    sidecars, absent = {}, []
+    for stage in scfg.sidecars:
+        folder = _folder(pipeline, stage)
+        if not io.exists(folder):
+            absent.append(stage)
+            continue
+        missing = sorted(set(ids) - finished(folder))
+        if missing:  # partial decisions would let dropped samples through
+            report.failed[stream] = (f"stage '{stage}' has not finished input shards {', '.join(missing[:10])}"
+                                     f"{' ...' if len(missing) > 10 else ''}; run it first or drop it from "
+                                     f"shards.{stream}.sidecars")
+            return
+        sidecars[stage.rsplit("/", 1)[-1]] = folder
+
+    from distributed import wait
+
+    seed = pipeline.seed if cfg.seed is None else cfg.seed
+    futures = {i: client.submit(index_shard, source.url, i, sidecars, cfg.synthetic_caption, seed,
+                                tuple(cfg.score_columns), pure=False, retries=pipeline.engine.retries) for i in ids}
+    wait(list(futures.values()))
+    frames = []
+    for i, fut in futures.items():
+        if fut.status == "finished":
+            frames.append(fut.result())
+        else:  # named per input shard, as the engine names its tasks
+            report.failed[f"{stream}/index/{i}"] = f"{type(fut.exception()).__name__}: {fut.exception()}"
+    if len(frames) < len(ids):
+        return
+    records = pd.concat(frames, ignore_index=True)
+    order = plan(records, cfg)
+    fingerprint = digest(records, order)
+
+    state = io.join(pipeline.stage_dir("shards"), "_state", stream)
+    dest = io.join(cfg.output or pipeline.stage_dir("shards"), stream)
+    previous = io.read_json(io.join(state, PLAN)) if io.exists(io.join(state, PLAN)) else None
+    names = sorted(order["shard"].unique())
+    if previous and previous["digest"] != fingerprint:
+        if not overwrite:
+            report.failed[stream] = ("inputs, decisions, seed or shard size changed since the last run "
+                                     f"(plan {previous['digest'][:12]} -> {fingerprint[:12]}); rerun with --overwrite")
+            return
+        _remove_stale(state, dest, previous.get("shards", []), names)
+    if previous and previous["digest"] != fingerprint and io.exists(io.join(dest, mf.MANIFEST)):
+        # the old manifest describes bytes about to change: readers must not trust it meanwhile
+        _rm(io.join(dest, mf.MANIFEST))
+    if overwrite or not previous or previous["digest"] != fingerprint:
+        for name, rows in order.groupby("shard", sort=True):
+            io.write_parquet(io.join(state, "plan", f"{name}.parquet"), rows.reset_index(drop=True))
+        ledger = records[["source", "key", "drop_reason"]].merge(
+            order[["source", "key", "shard", "position"]], on=["source", "key"], how="left")
+        io.write_parquet(io.join(state, LEDGER), ledger)
+        io.write_json(io.join(state, PLAN), {"digest": fingerprint, "seed": seed, "shards": names,
+                                             "records": len(records), "kept": len(order)})
+
+    dropped = records["drop_reason"].dropna().value_counts().to_dict()
+    info = {"records": len(records), "kept": len(order), "dropped": dropped, "shards": len(names), "bytes": 0,
+            "sidecars": list(sidecars), "sidecars_absent": absent}
+    io.write_json(io.join(state, "_funnel.json"), info)
+    report.streams[stream] = info
+
+    writer = Write(source.url, scfg.input, dest)
+    shards = [Shard(n, {"plan": io.join(state, "plan", f"{n}.parquet")}) for n in names]
+    sub = run_engine(writer, shards, state, pipeline.engine, client=client, overwrite=overwrite)
+    report.done.update({f"{stream}/{k}": v for k, v in sub.done.items()})
+    report.skipped += [f"{stream}/{k}" for k in sub.skipped]
+    report.failed.update({f"{stream}/{k}": v for k, v in sub.failed.items()})
+    if not sub.ok:
+        return
+
+    stats = [io.read_json(io.join(state, f"{n}_stats.json")) for n in names]
+    m = mf.build(stream, stats, seed=seed, plan=fingerprint, sources={"input": source.url, "sidecars": sidecars},
+                 recipe=mf.recipe(pipeline.model_dump(mode="json")))
+    info.update(bytes=m["bytes"], manifest=mf.write(dest, m))
+    if cfg.energon and names:
+        if io.is_local(dest):
+            mf.energon_export(dest, workers=pipeline.engine.n_workers)
+            info["energon"] = f"{dest}/.nv-meta"
+        else:
+            info["energon"] = "not exported: the output is not a local folder (run `energon prepare` where it is mounted)"
+    io.write_json(io.join(state, "_funnel.json"), info)
+
+
+def _rm(url: str) -> None:
+    fs, path = io.fs_path(url)
+    if fs.exists(path):
+        fs.rm(path)
+
+
+def _remove_stale(state: str, dest: str, old: list[str], new: list[str]) -> None:
+    """Output shards of an earlier plan that the new plan does not have (their markers first)."""
+    for name in sorted(set(old) - set(new)):
+        for url in (io.join(state, f"{name}_stats.json"), io.join(dest, f"{name}.tar"),
+                    io.join(state, "plan", f"{name}.parquet")):
+            _rm(url)
+
+
+def run(pipeline: Pipeline, *, client=None, overwrite: bool = False, streams: list[str] | None = None) -> ShardsReport:
+    """Training shards for each enabled stream (or only `streams`) that has input."""
+    cfg: ShardsConfig = pipeline.section("shards")
+    unknown = set(streams or ()) - set(STREAMS)
+    if unknown:
+        raise ConfigError(f"shards: unknown streams {', '.join(sorted(unknown))}; known: {', '.join(STREAMS)}")
+    wanted = [s for s in (streams or STREAMS) if getattr(cfg, s).enabled]
+    report = ShardsReport("shards", cfg.output or pipeline.stage_dir("shards"))
+    t0 = time.time()
+    with contextlib.ExitStack() as stack:
+        client = client or stack.enter_context(cluster(pipeline.engine))
+        for s in wanted:
+            _run_stream(pipeline, cfg, s, getattr(cfg, s), client, overwrite, report)
+    report.duration = time.time() - t0
+    return report

@@ -207,14 +207,33 @@ def sample_members(sample: dict) -> list[tuple[str, bytes]]:
     return out
 
 
-def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mtime = TAR_MTIME
-    info.mode = 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    tar.addfile(info, io.BytesIO(data))
+def _octal(n: int, width: int) -> bytes:
+    return b"%0*o\0" % (width - 1, n)
+
+
+# Everything of a member header but its name, size and checksum is fixed, so the header is
+# assembled from constant parts: tarfile's generic header code was most of a shard's write time.
+_HEAD_MODE_IDS = _octal(0o644, 8) + _octal(0, 8) + _octal(0, 8)
+_HEAD_TAIL = (
+    b"0"  # regular file
+    + bytes(100)  # linkname
+    + tarfile.POSIX_MAGIC
+    + bytes(32 + 32)  # uname, gname
+    + bytes(8 + 8)  # devmajor, devminor (empty for regular files, as tarfile writes them)
+    + bytes(155 + 12)  # prefix, padding to 512
+)
+
+
+def member_header(name: str, size: int) -> bytes:
+    """The tar header tarfile would write for this member (PAX format, fixed owner/mode/mtime)."""
+    raw = name.encode("utf-8")
+    if not name.isascii() or len(raw) > 100:  # tarfile needs a PAX extended header for these
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = size, TAR_MTIME, 0o644, 0, 0, "", ""
+        return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    head = raw.ljust(100, b"\0") + _HEAD_MODE_IDS + _octal(size, 12) + _octal(TAR_MTIME, 12)
+    checksum = sum(head) + 8 * 32 + sum(_HEAD_TAIL)  # the checksum field counts as spaces
+    return head + b"%06o\0 " % checksum + _HEAD_TAIL
 
 
 def safe_member(name: str) -> bool:
@@ -297,32 +316,42 @@ class ShardInfo:
 class TarSink:
     """One shard: samples go to a temp file; `commit()` makes it appear, `discard()` drops it.
 
+    The bytes are those of `tarfile` in PAX format with fixed owner, mode and mtime (readable by
+    every tar reader); headers are built directly because that is most of the cost of writing.
     An empty sink commits nothing (Energon and others refuse empty tars), so `commit()` returns None.
     """
 
     def __init__(self, url: str):
         self.url = url
         self.count = 0
+        self.size = 0
         self._file: _AtomicFile | None = None
-        self._tar: tarfile.TarFile | None = None
         self._hash = hashlib.sha256()
-        self._size = 0
+
+    def _write(self, data: bytes) -> None:
+        self._hash.update(data)
+        self._file.file.write(data)
+        self.size += len(data)
 
     def write(self, sample: dict) -> None:
         members = sample_members(sample)
         if self._file is None:
             self._file = _AtomicFile(self.url)
-            self._tar = tarfile.open(fileobj=_Hashing(self._file.file, self), mode="w|", format=tarfile.PAX_FORMAT)
         for name, data in members:
-            _add_member(self._tar, name, data)
+            self._write(member_header(name, len(data)))
+            self._write(data)
+            if len(data) % tarfile.BLOCKSIZE:
+                self._write(bytes(tarfile.BLOCKSIZE - len(data) % tarfile.BLOCKSIZE))
         self.count += 1
 
     def commit(self) -> ShardInfo | None:
         if self._file is None:
             return None
-        self._tar.close()
+        self._write(bytes(2 * tarfile.BLOCKSIZE))  # end-of-archive, then pad to a whole record as tarfile does
+        if self.size % tarfile.RECORDSIZE:
+            self._write(bytes(tarfile.RECORDSIZE - self.size % tarfile.RECORDSIZE))
         self._file.commit()
-        return ShardInfo(self.url, self.count, self._size, self._hash.hexdigest())
+        return ShardInfo(self.url, self.count, self.size, self._hash.hexdigest())
 
     def discard(self) -> None:
         if self._file is not None:
@@ -337,20 +366,6 @@ class TarSink:
             self.info = self.commit()
         else:
             self.discard()
-
-
-class _Hashing:
-    """File wrapper that hashes and counts what passes through (the manifest wants both)."""
-
-    def __init__(self, f, sink: TarSink):
-        self.f, self.sink = f, sink
-
-    def write(self, data: bytes) -> int:
-        if self.f.closed:  # a discarded sink: tarfile still flushes its buffer when collected
-            return len(data)
-        self.sink._hash.update(data)
-        self.sink._size += len(data)
-        return self.f.write(data)
 
 
 class ShardWriter:
@@ -381,7 +396,7 @@ class ShardWriter:
             self._sink = TarSink(f"{self.dest}/{self.name(self.index)}.tar")
         self._sink.write(sample)
         full = (self.max_samples and self._sink.count >= self.max_samples) or (
-            self.max_bytes and self._sink._size >= self.max_bytes
+            self.max_bytes and self._sink.size >= self.max_bytes
         )
         if full:
             self._roll()

@@ -36,7 +36,9 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
-def client():
+def client(s3):
+    """Depends on `s3` so the workers inherit its endpoint and credentials (stages on workers write
+    s3:// too)."""
     from mmdata.config import EngineConfig
     from mmdata.engine import cluster
 
@@ -131,3 +133,28 @@ def demo_server(demo_corpus):
 
     with DemoServer(demo_corpus) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def downloaded(tmp_path_factory, demo_corpus, demo_server, client):
+    """`demo_corpus` pairs downloaded once (through `mmdata.stages.download.run`) from `demo_server`.
+
+    Returns the Pipeline; its `download.output` holds the shard set. Shared by every test (and
+    xdist worker): read it, and write your own stage under your own workdir, e.g.
+    `Pipeline(workdir=tmp_path, download=downloaded.download, <stage>=...)`.
+    """
+    from mmdata.config import Pipeline
+    from mmdata.stages import download
+
+    def make(folder: Path) -> None:
+        download.run(recipe(folder), client=client)
+
+    def recipe(folder: Path) -> Pipeline:
+        return Pipeline(workdir=str(folder), engine={"progress": False}, download={
+            "input": str(demo_corpus / "pairs" / "urls.parquet"), "samples_per_shard": 100,
+            "output": str(folder / "download"),
+            "fetch": {"connect_to": {"*.demo.mmdata.test": f"127.0.0.1:{demo_server.port}"}, "allow": ["127.0.0.1"],
+                      "max_bytes": 8 * 2**20},
+        })
+
+    return recipe(shared_once(tmp_path_factory, "downloaded", make))

@@ -49,6 +49,29 @@ def test_same_samples_same_bytes(tmp_path):
     assert (tmp_path / "a/00000.tar").read_bytes() == (tmp_path / "b/00000.tar").read_bytes()
 
 
+def test_tar_bytes_equal_tarfile_pax_output(tmp_path):
+    """The direct header writer gives exactly tarfile's bytes, PAX fallback included."""
+    samples = [
+        sample(1, jpg=b"\xff" * 513),
+        {"__key__": "k" * 120, "txt": "a long name needs a PAX header"},
+        {"__key__": "cafe", "txt": "x", "j\u00e9son": b"non-ascii field name"},
+        sample(2, **{"0.jpg": b"", "1.jpg": bytes(1024)}),
+    ]
+    with sio.TarSink(str(tmp_path / "ours.tar")) as sink:
+        for s_ in samples:
+            sink.write(s_)
+    with tarfile.open(tmp_path / "ref.tar", "w", format=tarfile.PAX_FORMAT) as tar:
+        for s_ in samples:
+            for name, data in sio.sample_members(s_):
+                info = tarfile.TarInfo(name)
+                info.size, info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = len(data), 0, 0o644, 0, 0, "", ""
+                tar.addfile(info, io.BytesIO(data))
+    ours = (tmp_path / "ours.tar").read_bytes()
+    assert ours == (tmp_path / "ref.tar").read_bytes()
+    assert sink.info.bytes == len(ours)
+    assert [x["__key__"] for x in sio.read_shard(str(tmp_path / "ours.tar"))] == ["000000001", "k" * 120, "cafe", "000000002"]
+
+
 def test_rolls_at_bytes(tmp_path):
     with sio.ShardWriter(str(tmp_path), max_samples=None, max_bytes=20_000) as w:
         for i in range(10):

@@ -1,0 +1,168 @@
+"""Download benchmark: mmdata vs img2dataset on the same URL list from the local demo web server.
+
+Both download and resize to 256 px keep_ratio, jpg quality 95, into webdataset shards, with 2
+worker processes on this machine. Each tool runs as its own process tree; its peak memory is the
+largest sum of RSS over that tree (sampled every 50 ms). Also measured: the ceiling, i.e. the
+same decode + resize + encode (mmdata.images.process) over the same image bytes read from local
+disk in 2 processes, no network.
+
+img2dataset cannot set a Host header, so both get the server's `http://127.0.0.1:PORT/_host/...`
+form of the URLs. It is installed on first use (see ../shared/ENVIRONMENT.md for why --no-deps).
+
+Run: `make bench` or `.venv/bin/python benchmarks/bench_download.py [--pairs N]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+I2D_DEPS = ["fire", "exifread-nocycle", "opencv-python-headless", "albumentations==1.4.24", "wandb"]
+
+
+def ensure_img2dataset() -> None:
+    env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1")
+    if subprocess.run([PY, "-c", "import img2dataset"], check=False, env=env, capture_output=True).returncode == 0:
+        return
+    print("installing img2dataset 1.47.0 (--no-deps) and its runtime deps ...", flush=True)
+    pip = [PY, "-m", "pip", "install", "-q", "-c", str(ROOT / "constraints.txt")]
+    subprocess.run([*pip, "--no-deps", "img2dataset==1.47.0"], check=True, env=env)
+    subprocess.run([*pip, *I2D_DEPS], check=True, env=env)
+
+
+def tree_rss(pid: int) -> int:
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def timed(cmd: list[str], env: dict | None = None, cwd: Path = ROOT) -> tuple[float, int, str]:
+    """(wall seconds, peak RSS of the process tree, output tail) of one command."""
+    peak = [0]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], tree_rss(proc.pid))
+            time.sleep(0.05)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    out = proc.communicate()[0]
+    wall = time.perf_counter() - t0
+    done.set()
+    t.join()
+    if proc.returncode:
+        raise SystemExit(f"{cmd[:4]} failed ({proc.returncode}):\n{out[-3000:]}")
+    return wall, peak[0], out[-2000:]
+
+
+def successes(folder: Path) -> int:
+    return sum(json.loads(p.read_text())["successes"] for p in folder.glob("*_stats.json"))
+
+
+def _process_file(path: str) -> bool:
+    from mmdata.config import ImageConfig
+    from mmdata.images import process
+
+    return process(Path(path).read_bytes(), ImageConfig(image_size=256, resize_mode="keep_ratio")).ok
+
+
+def ceiling(files: list[Path], workers: int) -> float:
+    with ProcessPoolExecutor(workers) as pool:
+        list(pool.map(_process_file, map(str, files[:20])))  # warm up imports
+        t0 = time.perf_counter()
+        ok = sum(pool.map(_process_file, map(str, files), chunksize=16))
+        return ok / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--pairs", type=int, default=1000)
+    ap.add_argument("--workers", type=int, default=2)
+    args = ap.parse_args()
+    ensure_img2dataset()
+
+    import pandas as pd
+    import yaml
+
+    from mmdata.demo.corpus import build
+    from mmdata.demo.pairs import NoiseRates
+    from mmdata.demo.server import DemoServer
+    from mmdata.demo.urls import via_local_all
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-download-"))
+    corpus = tmp / "corpus"
+    # a clean corpus: fault modes (slow, 429 ...) are the tests' business, not throughput's
+    build(corpus, n_pairs=args.pairs, n_docs=1, seed=0, rates=NoiseRates(fault=0, robots=0), workers=2)
+    truth = pd.read_parquet(corpus / "pairs" / "truth.parquet")
+    files = [corpus / "pairs" / f for f in truth["file"].dropna()]
+    mb = sum(f.stat().st_size for f in files) / 2**20
+    per_shard = -(-args.pairs // (4 * args.workers))
+
+    with DemoServer(corpus) as srv:
+        urls = pd.DataFrame({"url": via_local_all(truth["url"], srv.url), "caption": truth["caption"]})
+        urls.to_parquet(tmp / "urls.parquet")
+        print(f"{len(urls)} URLs, {mb:.0f} MiB of images ({len(files)} files) from {srv.url}; "
+              f"{args.workers} worker processes each; {os.cpu_count()} CPUs", flush=True)
+
+        env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1", WANDB_MODE="disabled")
+        i2d_out = tmp / "img2dataset"
+        i2d = [PY, "-c", (
+            "from img2dataset import download; download("
+            f"url_list={str(tmp / 'urls.parquet')!r}, input_format='parquet', url_col='url', caption_col='caption', "
+            f"output_folder={str(i2d_out)!r}, output_format='webdataset', processes_count={args.workers}, "
+            f"thread_count=64, image_size=256, resize_mode='keep_ratio', encode_format='jpg', encode_quality=95, "
+            f"number_sample_per_shard={per_shard}, distributor='multiprocessing', enable_wandb=False)"
+        )]
+        i2d_wall, i2d_mem, _ = timed(i2d, env)
+        i2d_ok = successes(i2d_out)
+
+        recipe = {"name": "bench", "workdir": str(tmp / "mmdata"),
+                  "engine": {"n_workers": args.workers, "threads_per_worker": 1, "progress": False},
+                  "download": {"input": str(tmp / "urls.parquet"), "samples_per_shard": per_shard, "threads": 2,
+                               "image": {"image_size": 256, "resize_mode": "keep_ratio", "encode_format": "jpg",
+                                         "encode_quality": 95},
+                               # one local server stands in for thousands of hosts: no per-host cap
+                               # here, as img2dataset has none
+                               "fetch": {"allow": ["127.0.0.1"], "concurrency": 64, "per_host": 64}}}
+        (tmp / "bench.yaml").write_text(yaml.safe_dump(recipe))
+        mm_wall, mm_mem, _ = timed([PY, "-m", "mmdata", "download", "--config", str(tmp / "bench.yaml")])
+        mm_ok = successes(tmp / "mmdata" / "download")
+
+    ceil = ceiling(files, args.workers)
+    mm_rate, i2d_rate = mm_ok / mm_wall, i2d_ok / i2d_wall
+    print(f"img2dataset 1.47.0 : {i2d_rate:7.1f} images/s  successes {i2d_ok}/{len(urls)}  wall {i2d_wall:5.1f}s  "
+          f"peak memory {i2d_mem / 2**20:6.0f} MiB")
+    print(f"mmdata download    : {mm_rate:7.1f} images/s  successes {mm_ok}/{len(urls)}  wall {mm_wall:5.1f}s  "
+          f"peak memory {mm_mem / 2**20:6.0f} MiB")
+    print(f"ceiling (decode+resize+encode from local disk, {args.workers} processes): {ceil:7.1f} images/s")
+    print(f"ratio mmdata / img2dataset: {mm_rate / i2d_rate:.2f}x   mmdata / ceiling: {mm_rate / ceil:.0%}")
+    print("(wall times include each tool's start-up: process pool / Dask LocalCluster)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""Verify, decode, orient, resize and re-encode one downloaded image.
+
+`process(body, cfg) -> ImageResult` never raises for a bad image: the result carries a status.
+
+Speed: when the target is much smaller than the original, JPEGs decode at 1/2, 1/4 or 1/8 scale
+(`Image.draft`, DCT scaling inside libjpeg) and the resize first reduces by whole factors
+(`reducing_gap`), so a 2000 px photo shrunk to 256 px never exists at full size in memory. This
+is the main reason a download is not CPU-bound on decoding.
+
+Statuses:
+  success                   data holds the encoded image
+  failed_to_decode          not an image Pillow can read, truncated, or over the bomb limit
+  failed_to_resize          decoding, resizing or encoding failed midway
+  skipped_too_small         shorter original side < min_image_size
+  skipped_too_large         original area > max_image_area
+  skipped_aspect_ratio      long/short side > max_aspect_ratio
+Sizes: original_* are the upright size (EXIF orientation applied), width/height the output's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import warnings
+from dataclasses import dataclass
+
+from PIL import ExifTags, Image, ImageOps
+
+from mmdata.config import ImageConfig
+
+FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
+_TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+_EXIF_SKIP = {"MakerNote", "UserComment", "PrintImageMatching", "ComponentsConfiguration"}
+
+
+@dataclass
+class ImageResult:
+    status: str
+    error_message: str | None = None
+    data: bytes | None = None
+    ext: str | None = None
+    width: int | None = None
+    height: int | None = None
+    original_width: int | None = None
+    original_height: int | None = None
+    sha256: str | None = None
+    exif: str | None = None
+    format: str | None = None  # of the original: JPEG, PNG, WEBP, ...
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "success"
+
+
+def exif_json(img: Image.Image) -> str | None:
+    """Readable EXIF tags as a JSON object string (img2dataset keeps EXIF as text too)."""
+    try:
+        exif = img.getexif()
+    except Exception:  # noqa: BLE001 - broken EXIF must not lose the image
+        return None
+    out = {}
+    for tag, value in exif.items():
+        name = ExifTags.TAGS.get(tag, str(tag))
+        if name in _EXIF_SKIP or isinstance(value, bytes):
+            continue
+        out[name] = str(value)[:200]
+    return json.dumps(out, sort_keys=True, ensure_ascii=False) if out else None
+
+
+def target_size(w: int, h: int, cfg: ImageConfig) -> tuple[int, int]:
+    """Size the whole image is scaled to before any crop or border."""
+    side = cfg.image_size
+    if cfg.resize_mode in ("keep_ratio", "center_crop"):
+        scale = side / min(w, h)
+    elif cfg.resize_mode in ("keep_ratio_largest", "border"):
+        scale = side / max(w, h)
+    else:
+        return w, h
+    if cfg.resize_only_if_bigger and scale >= 1:
+        return w, h
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
+def _rgb(img: Image.Image, keep_alpha: bool) -> Image.Image:
+    if img.mode in ("RGB", "L") or (keep_alpha and img.mode in ("RGBA", "LA")):
+        return img
+    if img.mode == "P" and "transparency" in img.info or img.mode in ("RGBA", "LA", "PA"):
+        img = img.convert("RGBA")
+        if keep_alpha:
+            return img
+        flat = Image.new("RGB", img.size, (255, 255, 255))  # transparent areas become white, not black
+        flat.paste(img, mask=img.getchannel("A"))
+        return flat
+    return img.convert("RGB")
+
+
+def _encode(img: Image.Image, cfg: ImageConfig) -> bytes:
+    buf = io.BytesIO()
+    fmt = FORMATS[cfg.encode_format]
+    if fmt == "JPEG":
+        img.save(buf, "JPEG", quality=cfg.encode_quality)
+    elif fmt == "PNG":
+        img.save(buf, "PNG", compress_level=cfg.png_compression)
+    else:
+        img.save(buf, "WEBP", quality=cfg.encode_quality, method=4)
+    return buf.getvalue()
+
+
+def process(body: bytes, cfg: ImageConfig | None = None) -> ImageResult:
+    cfg = cfg or ImageConfig()
+    res = ImageResult("failed_to_decode", sha256=hashlib.sha256(body).hexdigest())
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(body))  # reads the header only
+        res.format = img.format
+        stored_w, stored_h = img.size
+        if stored_w * stored_h > cfg.max_pixels:
+            res.error_message = f"decompression bomb: {stored_w}x{stored_h} > max_pixels {cfg.max_pixels}"
+            return res
+        orientation = img.getexif().get(ExifTags.Base.Orientation, 1) if img.format in ("JPEG", "WEBP", "PNG", "TIFF") else 1
+    except Image.DecompressionBombError as e:
+        res.error_message = f"decompression bomb: {e}"
+        return res
+    except Image.UnidentifiedImageError:
+        res.error_message = "not an image: unidentified format"
+        return res
+    except Exception as e:  # noqa: BLE001 - whatever Pillow raises, it is a bad image
+        res.error_message = f"not an image: {type(e).__name__}: {e}"[:300]
+        return res
+    w, h = (stored_h, stored_w) if orientation in _TRANSPOSED else (stored_w, stored_h)
+    res.original_width, res.original_height = w, h
+    if min(w, h) < cfg.min_image_size:
+        res.status, res.error_message = "skipped_too_small", f"{w}x{h}: shorter side < min_image_size {cfg.min_image_size}"
+        return res
+    if cfg.max_image_area is not None and w * h > cfg.max_image_area:
+        res.status, res.error_message = "skipped_too_large", f"{w}x{h}: area > max_image_area {cfg.max_image_area:g}"
+        return res
+    if cfg.max_aspect_ratio is not None and max(w, h) / min(w, h) > cfg.max_aspect_ratio:
+        res.status, res.error_message = "skipped_aspect_ratio", f"{w}x{h}: aspect > max_aspect_ratio {cfg.max_aspect_ratio:g}"
+        return res
+    res.exif = exif_json(img)
+    tw, th = target_size(w, h, cfg)
+    if (cfg.resize_mode == "no" and cfg.skip_reencode and orientation == 1
+            and img.format == FORMATS[cfg.encode_format]):
+        res.status, res.data, res.ext, res.width, res.height = "success", body, cfg.encode_format, w, h
+        return res
+    try:
+        if img.format == "JPEG" and (tw, th) != (w, h):
+            # decode at the smallest 1/2^k scale still at least the target size (stored orientation)
+            scale = tw / w
+            img.draft("RGB" if img.mode in ("RGB", "YCbCr") else None,
+                      (math.ceil(stored_w * scale), math.ceil(stored_h * scale)))
+        img.load()
+    except Exception as e:  # noqa: BLE001
+        res.error_message = f"decode: {type(e).__name__}: {e}"[:300]
+        return res
+    res.status = "failed_to_resize"
+    try:
+        img = ImageOps.exif_transpose(img)
+        img = _rgb(img, keep_alpha=cfg.encode_format != "jpg")
+        if img.size != (tw, th):
+            img = img.resize((tw, th), Image.Resampling.LANCZOS, reducing_gap=3.0)
+        side = cfg.image_size
+        if cfg.resize_mode == "center_crop" and (tw, th) != (min(tw, side), min(th, side)):
+            cw, ch = min(tw, side), min(th, side)
+            left, top = (tw - cw) // 2, (th - ch) // 2
+            img = img.crop((left, top, left + cw, top + ch))
+        elif cfg.resize_mode == "border" and (tw, th) != (side, side) and not (cfg.resize_only_if_bigger and max(w, h) <= side):
+            fill = cfg.border_color if img.mode in ("RGB", "RGBA") else 255
+            canvas = Image.new(img.mode, (side, side), fill if img.mode != "RGBA" else (*fill, 255))
+            canvas.paste(img, ((side - tw) // 2, (side - th) // 2))
+            img = canvas
+        res.data = _encode(img, cfg)
+    except Exception as e:  # noqa: BLE001
+        res.error_message = f"{type(e).__name__}: {e}"[:300]
+        return res
+    res.status, res.ext = "success", cfg.encode_format
+    res.width, res.height = img.size
+    return res

@@ -1,0 +1,240 @@
+"""`download`: image-caption pairs from URL lists into img2dataset-compatible shards.
+
+1. Partition, once: the input rows are cut into shards of `samples_per_shard` and written to
+   `{out}/_inputs/{id}.parquet`, then `_inputs/_manifest.json` (last, the done-marker). Every later
+   run, resume and `--retry-failed` read exactly those rows.
+2. One engine task per shard: fetch (mmdata.fetch) and process (mmdata.images) every row, with
+   decoding in a thread pool overlapping the downloads, then write `{id}.tar` (successes only, in
+   key order), `{id}.parquet` (every input row, with status and error_message) and the stats.
+3. `retry_failed=True`: for finished shards, only rows whose status starts with `failed_` are
+   fetched again; successes and skips (robots, opt-out, filters...) are kept as they are, with
+   their image bytes copied from the old tar. The shard's tar, parquet and stats are rewritten
+   atomically (tar, then parquet, then stats; a crash in between is repaired by the next retry).
+
+Keys are `{shard:05d}{row:04d}`. Statuses: see mmdata.fetch and mmdata.images.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import pandas as pd
+
+from mmdata import images, inputs
+from mmdata import shards as io
+from mmdata.config import ConfigError, DownloadConfig, Pipeline
+from mmdata.engine import Report, Shard, Stage, finished, stats_url
+from mmdata.engine import run as run_engine
+from mmdata.fetch import Fetcher, FetchResult
+
+RESULT_COLUMNS = ("key", "status", "error_message", "url", "caption", "width", "height", "original_width",
+                  "original_height", "sha256", "exif", "ext", "http_status", "final_url")
+RESERVED = frozenset((*RESULT_COLUMNS, "kind", "schema_version"))
+_OLD = object()  # a row kept from the previous run of this shard
+
+
+def failed(status: str | None) -> bool:
+    return isinstance(status, str) and status.startswith("failed_")
+
+
+def _plain(value):
+    """A JSON/parquet-friendly scalar: NaN and pandas NA become None, numpy scalars Python ones."""
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return None
+    return value.item() if hasattr(value, "item") else value
+
+
+# ---------------------------------------------------------------------------------------------
+# partitioning
+
+
+def _manifest_spec(cfg: DownloadConfig) -> dict:
+    return {
+        "input": cfg.input, "input_format": cfg.input_format, "url_col": cfg.url_col, "caption_col": cfg.caption_col,
+        "save_additional_columns": cfg.save_additional_columns, "samples_per_shard": cfg.samples_per_shard,
+    }
+
+
+def partition(cfg: DownloadConfig, out: str, overwrite: bool = False) -> list[str]:
+    """Cut the input into shard input files (once); returns the shard ids."""
+    manifest_url = io.join(out, "_inputs", "_manifest.json")
+    spec = _manifest_spec(cfg)
+    if not overwrite and io.exists(manifest_url):
+        manifest = io.read_json(manifest_url)
+        if manifest["spec"] != spec:
+            changed = ", ".join(k for k in spec if manifest["spec"].get(k) != spec[k])
+            raise ConfigError(f"download: {out} was partitioned with other input settings ({changed}); "
+                              "use --overwrite to start over or another output")
+        return manifest["shards"]
+    ids, total = [], 0
+    batches = inputs.batches(cfg.input, size=cfg.samples_per_shard, input_format=cfg.input_format,
+                             url_col=cfg.url_col, caption_col=cfg.caption_col, columns=cfg.save_additional_columns)
+    for n, frame in enumerate(batches):
+        sid = f"{n:05d}"
+        # carried columns never clobber ours: a carried `status` becomes `input_status`
+        frame = frame.rename(columns={c: f"input_{c}" for c in frame.columns if c in RESERVED and c not in ("url", "caption")})
+        io.write_parquet(io.join(out, "_inputs", f"{sid}.parquet"), frame)
+        ids.append(sid)
+        total += len(frame)
+    io.write_json(manifest_url, {"spec": spec, "shards": ids, "rows": total})
+    return ids
+
+
+# ---------------------------------------------------------------------------------------------
+# the stage
+
+
+class Download(Stage):
+    name = "download"
+
+    def __init__(self, cfg: DownloadConfig, retry_failed: bool = False):
+        self.cfg = cfg
+        self.retry_failed = retry_failed
+
+    def process(self, shard: Shard, out: str) -> dict:
+        rows = io.read_parquet(shard.urls["input"])
+        n = len(rows)
+        if n > 10_000:
+            raise ValueError(f"shard {shard.id} has {n} rows; keys allow 10000")
+        carried = [c for c in rows.columns if c not in ("url", "caption")]
+        meta_url, tar_url = io.join(out, f"{shard.id}.parquet"), io.join(out, f"{shard.id}.tar")
+        prev = None
+        if self.retry_failed and io.exists(stats_url(out, shard.id)) and io.exists(meta_url):
+            prev = io.read_parquet(meta_url)
+            if len(prev) != n:
+                raise ValueError(f"shard {shard.id}: previous metadata has {len(prev)} rows, input {n}")
+        todo = [i for i in range(n) if prev is None or failed(prev["status"].iat[i])]
+        records: list[dict | None] = [None] * n
+        old_samples = io.read_shard(tar_url) if prev is not None and io.exists(tar_url) else iter(())
+        sink = io.TarSink(tar_url)
+        writer = _InOrder(shard.id, n, sink, old_samples)
+        if prev is not None:
+            again = set(todo)
+            for i, rec in enumerate(prev.to_dict("records")):
+                if i not in again:
+                    records[i] = {k: _plain(v) for k, v in rec.items()}
+                    writer.ready(i, _OLD if rec["status"] == "success" else None)
+        urls = [(i, rows["url"].iat[i]) for i in todo]
+        fetched = {"bytes": 0, "requests": 0}
+
+        def emit(i: int, r: FetchResult, img: images.ImageResult | None) -> None:
+            base = {"key": f"{shard.id}{i:04d}", "url": _plain(rows["url"].iat[i]), "caption": _plain(rows["caption"].iat[i]),
+                    **{c: _plain(rows[c].iat[i]) for c in carried}}
+            rec = _record(base, r, img)
+            records[i] = rec
+            fetched["bytes"] += len(r.body or b"")
+            writer.ready(i, _sample(rec, img) if rec["status"] == "success" else None)
+
+        try:
+            fetched["requests"] = asyncio.run(self._download(urls, emit))
+            writer.finish()
+            sink.commit()
+        except BaseException:
+            sink.discard()
+            raise
+        meta = pd.DataFrame.from_records(records, columns=[*RESULT_COLUMNS, *carried])
+        io.write_parquet(meta_url, meta)
+        counts = Counter(meta["status"])
+        return {
+            "count": n,
+            "successes": counts.get("success", 0),
+            "status_dict": dict(sorted(counts.items())),
+            **{s: c for s, c in counts.items() if s != "success"},
+            "fetched": len(todo),
+            "retry_failed": prev is not None,
+            "bytes": fetched["bytes"],
+            "requests": fetched["requests"],
+        }
+
+    async def _download(self, urls: list[tuple[int, str]], emit) -> int:
+        cfg = self.cfg
+        loop = asyncio.get_running_loop()
+        with ThreadPoolExecutor(cfg.threads, thread_name_prefix="mmdata-image") as pool:
+            async with Fetcher(cfg.fetch) as fetcher:
+
+                async def one(i: int, url) -> None:
+                    async with fetcher.fetching(url if isinstance(url, str) else "") as r:
+                        img = await loop.run_in_executor(pool, images.process, r.body, cfg.image) if r.ok else None
+                        emit(i, r, img)
+
+                await asyncio.gather(*(one(i, u) for i, u in urls))
+                return fetcher.requests
+
+
+def _record(base: dict, r: FetchResult, img: images.ImageResult | None) -> dict:
+    rec = dict.fromkeys(RESULT_COLUMNS)
+    rec.update(base, status=r.status, error_message=r.error_message, http_status=r.http_status,
+               final_url=r.final_url if r.final_url != r.url else None)
+    if img is not None:
+        rec.update(status=img.status, error_message=img.error_message, sha256=img.sha256, exif=img.exif,
+                   original_width=img.original_width, original_height=img.original_height)
+        if img.ok:
+            rec.update(width=img.width, height=img.height, ext=img.ext)
+    return rec
+
+
+def _sample(rec: dict, img: images.ImageResult) -> dict:
+    meta = {k: v for k, v in rec.items() if k not in ("ext", "http_status", "final_url") or v is not None}
+    meta.update(kind="pair", schema_version=1)
+    return {"__key__": rec["key"], img.ext: img.data, "txt": rec["caption"] or "", "json": meta}
+
+
+class _InOrder:
+    """Writes samples to the tar in row order as rows finish in any order (bounded buffering)."""
+
+    def __init__(self, shard_id: str, n: int, sink: io.TarSink, old_samples):
+        self.shard_id, self.n, self.sink, self.old = shard_id, n, sink, old_samples
+        self.pending: dict[int, object] = {}
+        self.next = 0
+
+    def ready(self, i: int, sample) -> None:
+        self.pending[i] = sample
+        while self.next in self.pending:
+            item = self.pending.pop(self.next)
+            if item is _OLD:
+                item = self._old(f"{self.shard_id}{self.next:04d}")
+            if item is not None:
+                self.sink.write(item)
+            self.next += 1
+
+    def _old(self, key: str) -> dict:
+        for sample in self.old:
+            if sample["__key__"] == key:
+                return {k: v for k, v in sample.items() if k != "__url__"}
+        raise ValueError(f"{self.sink.url}: sample {key} is a success in the metadata but missing from the tar")
+
+    def finish(self) -> None:
+        if self.next != self.n:
+            raise RuntimeError(f"{self.sink.url}: {self.n - self.next} rows never finished")
+
+
+# ---------------------------------------------------------------------------------------------
+# library entry point
+
+
+def output(pipeline: Pipeline) -> str:
+    return pipeline.section("download").output or pipeline.stage_dir("download")
+
+
+def _has_failures(out: str, sid: str) -> bool:
+    stats = io.read_json(stats_url(out, sid))
+    return any(failed(s) and c for s, c in stats["status_dict"].items())
+
+
+def run(pipeline: Pipeline, *, client=None, overwrite: bool = False, retry_failed: bool = False) -> Report:
+    """Download every unfinished shard; with `retry_failed`, also re-fetch failed rows of finished ones."""
+    cfg: DownloadConfig = pipeline.section("download")
+    out = output(pipeline)
+    ids = partition(cfg, out, overwrite=overwrite)
+    shards = [Shard(sid, {"input": io.join(out, "_inputs", f"{sid}.parquet")}) for sid in ids]
+    stage = Download(cfg, retry_failed=retry_failed)
+    if not retry_failed or overwrite:
+        return run_engine(stage, shards, out, pipeline.engine, client=client, overwrite=overwrite)
+    done = finished(out)
+    todo = [s for s in shards if s.id not in done or _has_failures(out, s.id)]
+    report = run_engine(stage, todo, out, pipeline.engine, client=client, overwrite=True)
+    report.skipped = sorted(set(report.skipped) | {s.id for s in shards if s not in todo})
+    return report

@@ -1,0 +1,111 @@
+"""mmdata.images.process: every resize mode, EXIF orientation, formats, filters, bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mmdata.config import ImageConfig
+from mmdata.demo.server import bomb_png
+from mmdata.images import process
+
+
+def encoded(w: int, h: int, fmt: str = "JPEG", mode: str = "RGB", orientation: int | None = None) -> bytes:
+    rng = np.random.default_rng(w * 7 + h)
+    img = Image.fromarray((rng.random((h, w, 3)) * 255).astype("uint8")).convert(mode)
+    # a marker in the top-left corner, to see where it ends up after EXIF rotation
+    img.paste(Image.new(mode, (w // 4, h // 4), "red" if mode != "L" else 0), (0, 0))
+    buf = io.BytesIO()
+    kw = {}
+    if orientation:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        kw["exif"] = exif
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(("mode", "size"), [
+    ("no", (1000, 500)), ("keep_ratio", (512, 256)), ("keep_ratio_largest", (256, 128)),
+    ("center_crop", (256, 256)), ("border", (256, 256)),
+])
+def test_resize_modes(mode, size):
+    body = encoded(1000, 500)
+    res = process(body, ImageConfig(resize_mode=mode, image_size=256))
+    assert res.status == "success", res.error_message
+    assert (res.width, res.height) == size
+    assert (res.original_width, res.original_height) == (1000, 500)
+    assert res.sha256 == hashlib.sha256(body).hexdigest()  # of the original bytes
+    out = Image.open(io.BytesIO(res.data))
+    assert out.format == "JPEG" and out.size == size
+
+
+def test_border_pads_with_colour():
+    res = process(encoded(1000, 500), ImageConfig(resize_mode="border", image_size=256, border_color=(0, 255, 0)))
+    top = Image.open(io.BytesIO(res.data)).convert("RGB").getpixel((128, 5))
+    assert top[1] > 200 and top[0] < 60  # the band above the image is the border colour
+
+
+def test_exif_orientation_applied():
+    # stored 800x400 with orientation 6 (rotate 90° clockwise to view): upright it is 400x800
+    res = process(encoded(800, 400, orientation=6), ImageConfig(resize_mode="keep_ratio", image_size=200))
+    assert (res.original_width, res.original_height) == (400, 800)
+    assert (res.width, res.height) == (200, 400)
+    out = Image.open(io.BytesIO(res.data)).convert("RGB")
+    r, g, b = out.getpixel((190, 5))  # the stored top-left marker is now top-right
+    assert r > 180 and g < 90 and b < 90
+    assert '"Orientation": "6"' in res.exif
+
+
+@pytest.mark.parametrize("fmt", ["png", "webp"])
+def test_encode_formats_keep_alpha(fmt):
+    img = Image.new("RGBA", (300, 300), (0, 0, 0, 0))  # transparent, with an opaque square
+    img.paste(Image.new("RGBA", (100, 100), (0, 0, 255, 255)), (100, 100))
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    res = process(buf.getvalue(), ImageConfig(encode_format=fmt, image_size=128))
+    out = Image.open(io.BytesIO(res.data))
+    assert res.ext == fmt and out.format == fmt.upper() and out.mode == "RGBA" and out.size == (128, 128)
+    assert out.getpixel((2, 2))[3] == 0 and out.getpixel((64, 64))[3] == 255
+
+
+def test_jpg_flattens_transparency_on_white():
+    img = Image.new("RGBA", (300, 300), (0, 0, 0, 0))
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    out = Image.open(io.BytesIO(process(buf.getvalue()).data))
+    assert out.mode == "RGB" and min(out.getpixel((5, 5))) > 240
+
+
+def test_large_jpeg_decodes_reduced_and_stays_faithful():
+    body = encoded(2400, 1600)
+    small = process(body, ImageConfig(image_size=256))
+    full = Image.open(io.BytesIO(body)).convert("RGB").resize((384, 256), Image.Resampling.LANCZOS)
+    got = np.asarray(Image.open(io.BytesIO(small.data)).convert("RGB"), dtype=float)
+    assert got.shape == (256, 384, 3)
+    assert np.abs(got - np.asarray(full, dtype=float)).mean() < 12  # draft decoding changes little
+
+
+def test_filters_and_bad_input():
+    cfg = ImageConfig(min_image_size=200, max_aspect_ratio=3.0, max_image_area=2_000_000)
+    assert process(encoded(150, 400), cfg).status == "skipped_too_small"
+    assert process(encoded(1000, 300), cfg).status == "skipped_aspect_ratio"
+    assert process(encoded(1600, 1600), cfg).status == "skipped_too_large"
+    assert process(encoded(600, 400), cfg).status == "success"
+    assert process(b"<html>gone</html>").status == "failed_to_decode"
+    body = encoded(600, 400)
+    cut = process(body[: len(body) // 2])
+    assert cut.status == "failed_to_decode" and "truncated" in cut.error_message
+    bomb = process(bomb_png(12000), ImageConfig(max_pixels=50_000_000))
+    assert bomb.status == "failed_to_decode" and "bomb" in bomb.error_message
+
+
+def test_no_resize_keeps_bytes_when_asked():
+    body = encoded(300, 200)
+    res = process(body, ImageConfig(resize_mode="no", skip_reencode=True))
+    assert res.data == body and (res.width, res.height) == (300, 200)
+    assert process(encoded(100, 80), ImageConfig(image_size=256, resize_only_if_bigger=True)).width == 100

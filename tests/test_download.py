@@ -175,8 +175,7 @@ def test_demo_corpus_statuses_match_truth(downloaded, demo_corpus, client, tmp_p
     m = meta.merge(truth, on="sample_id", suffixes=("", "_truth"), validate="one_to_one")
     assert len(m) == len(meta) == len(truth)  # every sample exactly once
     assert (m.loc[m.robots_disallowed, "status"] == "skipped_robots").all()
-    # the truth counts noai as fetchable bytes; X-Robots-Tag (on by default) drops it, checked below
-    fetchable = m.expect_ok & ~m.robots_disallowed & m.fault.ne("noai")
+    fetchable = m.expect_ok & ~m.robots_disallowed
     assert (m.loc[fetchable, "status"] == "success").all()
     assert (m.loc[~m.expect_ok, "status"] != "success").all()
     assert (m.loc[m.fault == "noai", "status"] == "skipped_x_robots_tag").all()

@@ -70,8 +70,9 @@ FAULT_MODES = STATUS_MODES + (
     "oversized",
     "noai",
 )
-# Modes whose bytes are a valid image that a patient, redirect-following downloader gets.
-RECOVERABLE_MODES = frozenset(("slow_first_byte", "slow_drip", "wrong_type", "redirect", "noai"))
+# Modes whose bytes are a valid image that a patient, redirect-following downloader gets. `noai`
+# is not among them: a downloader that honours X-Robots-Tag (mmdata's default) must not keep it.
+RECOVERABLE_MODES = frozenset(("slow_first_byte", "slow_drip", "wrong_type", "redirect"))
 
 
 def fault_url(host: str, mode: str, name: str | int, **params) -> str:
@@ -85,7 +86,8 @@ def fault_url(host: str, mode: str, name: str | int, **params) -> str:
 
 
 def expect_ok(mode: str | None, params: dict | None = None) -> bool:
-    """Whether a correct downloader (retries, follows redirects, no tight timeout) ends with an image."""
+    """Whether a correct downloader (retries, follows redirects, no tight timeout, honours
+    X-Robots-Tag) ends with an image."""
     if mode is None:
         return True
     return mode in RECOVERABLE_MODES or "after" in (params or {})

@@ -101,7 +101,7 @@ def ceiling(files: list[Path], workers: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--pairs", type=int, default=1000)
+    ap.add_argument("--pairs", type=int, default=3000)  # enough that start-up is not the story
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
     ensure_img2dataset()

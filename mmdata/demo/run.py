@@ -50,6 +50,11 @@ def run(
         os.environ["MMDATA_DEMO_PORT"] = str(server.port)
         echo(f"demo web serving {folder} at {server.url}")
         pipe = config.load(recipe, config.Pipeline, list(overrides))
+        if "clipscore" in (stages or pipe.stages):
+            # no CLIP weights can be downloaded here: a tiny one learns the demo corpus in seconds
+            from mmdata.models.tiny_clip import ensure_tiny_clip
+
+            ensure_tiny_clip(folder, pipe.section("clipscore").model, echo=echo)
         reports = pl.run(pipe, stages, overwrite=overwrite, echo=echo)
     if mixture and "shards" in (stages or pipe.stages):
         # the training side: the MM1 mixture over the shards just written, small batches for a small corpus

@@ -1,0 +1,323 @@
+"""`clipscore`: CLIP/SigLIP cosine of each image and its caption, embeddings, a pool-wide decision.
+
+Two passes, scores first, decision later:
+
+1. Score (shard by shard on the Dask engine). The model loads once per worker (`setup`); a thread
+   pool decodes and resizes images ahead of the model so it never waits on JPEG decoding; batches
+   go to the GPU as uint8 (pinned, non-blocking) and are normalised there in bf16/fp16. Per shard:
+   `{id}.parquet` with one row per input record: key, status (`success`, `skipped_not_downloaded`,
+   `skipped_no_caption`, `failed_to_decode`, `failed_to_find_image`), error_message, score (the exact
+   float32 cosine of the model's embeddings, null when not scored), `synthetic_score` when the input
+   has a `synthetic_caption` column, drop_reason; and `{id}.emb.npz` with the scored keys and their
+   unit-length float16 `image`, `text` (and `synthetic_text`) embeddings.
+2. Decide (whole pool). `top_fraction`: the threshold is the pool-wide quantile of every shard's
+   score column, exact, computed with Dask in two passes over the columns (a fine histogram, then
+   the values of the one bin that holds the quantile); `threshold`: an absolute cosine. Every
+   sidecar is then rewritten with its `drop_reason` (`low_clip_score`, and per-sample `no_caption`,
+   `undecodable_image`, `missing_image`), and `_decision.json` records the threshold and the funnel.
+   Changing the rule in the recipe and rerunning only repeats this pass.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from mmdata import shards as sio
+from mmdata.config import ClipScoreConfig, Pipeline
+from mmdata.engine import Report, Shard, Stage, cluster
+from mmdata.engine import run as run_stage
+from mmdata.store import ShardSet, kept, table
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+BINS = 1 << 16  # histogram resolution over [-1, 1]: ~3e-5 wide, so pass 2 reads very few values
+# per-sample statuses that mean the record cannot be kept, and the drop reason each gives
+REASONS = {"skipped_no_caption": "no_caption", "failed_to_decode": "undecodable_image",
+           "failed_to_find_image": "missing_image"}
+LOW = "low_clip_score"
+
+
+# ---------------------------------------------------------------------------------------------
+# pass 1: scores
+
+
+def prefetch(pool, fn: Callable, items: Iterable, ahead: int) -> Iterator:
+    """fn over items on `pool`, results in order, at most `ahead` in flight (bounded memory)."""
+    window: deque = deque()
+    for item in items:
+        window.append(pool.submit(fn, item))
+        if len(window) >= ahead:
+            yield window.popleft().result()
+    while window:
+        yield window.popleft().result()
+
+
+def chunks(items: Iterable, n: int) -> Iterator[list]:
+    batch: list = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _text(value) -> str | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return str(value)
+
+
+class ClipScore(Stage):
+    name = "clipscore"
+
+    def __init__(self, cfg: ClipScoreConfig):
+        self.opts = cfg.model_dump()  # plain data: tokenizes the same on every call
+
+    def setup(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from mmdata.models.clip import ClipEncoder
+
+        o = self.opts
+        if o["torch_threads"]:
+            import torch
+
+            torch.set_num_threads(o["torch_threads"])
+        self.encoder = ClipEncoder.load(o["model"], device=o["device"], dtype=o["dtype"],
+                                        batch_size=o["batch_size"], max_tokens=o["max_tokens"])
+        self.pool = ThreadPoolExecutor(o["decode_threads"], thread_name_prefix="clip-decode")
+
+    def _decode(self, item: tuple[str, bytes]) -> tuple[str, np.ndarray | None, str | None]:
+        key, data = item
+        try:
+            return key, self.encoder.decode(data), None
+        except Exception as e:  # noqa: BLE001 - an unreadable image is this sample's outcome, not the shard's
+            return key, None, f"{type(e).__name__}: {e}"[:500]
+
+    def process(self, shard: Shard, out: str) -> dict:
+        o, enc = self.opts, self.encoder
+        meta = sio.read_parquet(shard.urls["meta"])
+        keys = meta["key"].astype(str).tolist()
+        n = len(keys)
+        row = {k: i for i, k in enumerate(keys)}
+        status = np.where(meta["status"].eq("success"), "success", "skipped_not_downloaded").astype(object)
+        error = np.full(n, None, dtype=object)
+        captions = [_text(c) for c in meta["caption"]] if "caption" in meta else [None] * n
+        has_syn = o["synthetic"] and "synthetic_caption" in meta
+        synthetic = [_text(c) for c in meta["synthetic_caption"]] if has_syn else [None] * n
+        tar_captions = "caption" not in meta  # fall back on the tar's {key}.txt
+
+        def images() -> Iterator[tuple[str, bytes]]:
+            if not sio.exists(shard.urls["tar"]):
+                return
+            for sample in sio.read_shard(shard.urls["tar"]):
+                key = sample["__key__"]
+                i = row.get(key)
+                if i is None or status[i] != "success":
+                    continue
+                if tar_captions and "txt" in sample:
+                    captions[i] = sample["txt"].decode("utf-8", "replace")
+                if captions[i] is None or not captions[i].strip():
+                    status[i] = "skipped_no_caption"
+                    continue
+                ext = next((e for e in IMAGE_EXTS if e in sample), None)
+                if ext is None:
+                    continue
+                seen.add(key)
+                yield key, sample[ext]
+
+        seen: set[str] = set()
+        score = np.full(n, np.nan, dtype=np.float32)
+        syn_score = np.full(n, np.nan, dtype=np.float32)
+        emb_keys, emb_img, emb_txt, emb_syn = [], [], [], []
+        decoded = prefetch(self.pool, self._decode, images(), ahead=2 * o["batch_size"])
+        model_s = 0.0  # time in the model; the rest of the shard's duration is reading, waiting, writing
+        for batch in chunks(decoded, o["batch_size"]):
+            good = []
+            for key, arr, err in batch:
+                if arr is None:
+                    status[row[key]], error[row[key]] = "failed_to_decode", err
+                else:
+                    good.append((row[key], arr))
+            if not good:
+                continue
+            idx = [i for i, _ in good]
+            t0 = time.perf_counter()
+            img, txt = enc.embed_pairs([a for _, a in good], [captions[i] for i in idx])
+            score[idx] = np.einsum("nd,nd->n", img, txt)
+            emb_keys += [keys[i] for i in idx]
+            emb_img.append(img.astype(np.float16))
+            emb_txt.append(txt.astype(np.float16))
+            if has_syn:
+                syn = np.full_like(txt, np.nan)
+                with_syn = [j for j, i in enumerate(idx) if synthetic[i]]
+                if with_syn:
+                    syn[with_syn] = enc.embed_texts([synthetic[idx[j]] for j in with_syn])
+                    syn_score[[idx[j] for j in with_syn]] = np.einsum("nd,nd->n", img[with_syn], syn[with_syn])
+                emb_syn.append(syn.astype(np.float16))
+            model_s += time.perf_counter() - t0
+        for i in range(n):  # a `success` row whose sample the tar lacks
+            if status[i] == "success" and keys[i] not in seen:
+                status[i], error[i] = "failed_to_find_image", "no image member in the shard tar"
+
+        if o["embeddings"]:
+            arrays = {"key": np.array(emb_keys, dtype=str), "image": _stack(emb_img), "text": _stack(emb_txt)}
+            if has_syn:
+                arrays["synthetic_text"] = _stack(emb_syn)
+            buf = io.BytesIO()
+            np.savez(buf, **arrays)
+            sio.atomic_write(sio.join(out, f"{shard.id}.emb.npz"), buf.getvalue())
+        side = pd.DataFrame({"key": keys, "status": status, "error_message": error, "score": score})
+        if has_syn:
+            side["synthetic_score"] = syn_score
+        side["drop_reason"] = side["status"].map(REASONS)
+        sio.write_parquet(sio.join(out, f"{shard.id}.parquet"), side)
+        counts = Counter(side["status"])
+        return {"count": n, "successes": counts.get("success", 0), "status_dict": dict(sorted(counts.items())),
+                "batch_size": enc.batch_size, "model_seconds": round(model_s, 4)}
+
+
+def _stack(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float16)
+
+
+# ---------------------------------------------------------------------------------------------
+# pass 2: the decision, over every shard's score column
+
+
+def _bin(scores: np.ndarray) -> np.ndarray:
+    return np.clip(((scores.astype(np.float64) + 1.0) * (BINS / 2)).astype(np.int64), 0, BINS - 1)
+
+
+def _pool_scores(out: str, sid: str, base: str | None, after: dict[str, str]) -> np.ndarray:
+    """The shard's scores that belong to the pool: scored, and kept by the `pool_after` stages."""
+    side = sio.read_parquet(sio.join(out, f"{sid}.parquet"), columns=["key", "score"])
+    if after:
+        t = table(ShardSet(base), sid, after)
+        side = side[side["key"].isin(set(t.loc[kept(t), "key"]))]
+    s = side["score"].to_numpy(np.float32)
+    return s[~np.isnan(s)]
+
+
+def _pool_size(out, sid, base, after) -> int:
+    return len(_pool_scores(out, sid, base, after))
+
+
+def _histogram(out, sid, base, after) -> np.ndarray:
+    return np.bincount(_bin(_pool_scores(out, sid, base, after)), minlength=BINS)
+
+
+def _in_bin(out, sid, base, after, b: int) -> np.ndarray:
+    s = _pool_scores(out, sid, base, after)
+    return s[_bin(s) == b]
+
+
+def _apply(out: str, sid: str, threshold: float | None) -> dict:
+    url = sio.join(out, f"{sid}.parquet")
+    side = sio.read_parquet(url)
+    reason = side["status"].map(REASONS)
+    if threshold is not None:
+        reason = reason.mask(side["score"].notna() & (side["score"] < threshold), LOW)
+    side["drop_reason"] = reason.astype(object).where(reason.notna(), None)
+    sio.write_parquet(url, side)
+    return {"count": len(side), "scored": int(side["score"].notna().sum()),
+            "dropped": {k: int(v) for k, v in side["drop_reason"].value_counts().items()}}
+
+
+def kth_largest(client, out: str, ids: list[str], k: int, base: str | None, after: dict[str, str]) -> float:
+    """The k-th largest pool score over all shards, exactly, reading only score columns."""
+    hists = client.gather(client.map(_histogram, [out] * len(ids), ids, base=base, after=after, pure=False))
+    counts = np.sum(hists, axis=0)
+    above = np.cumsum(counts[::-1])[::-1] - counts  # scores in higher bins than each bin
+    b = int(np.nonzero((above < k) & (above + counts >= k))[0][0])
+    vals = client.gather(client.map(_in_bin, [out] * len(ids), ids, base=base, after=after, b=b, pure=False))
+    vals = np.sort(np.concatenate(vals))[::-1]
+    return float(vals[k - int(above[b]) - 1])
+
+
+def decide(client, cfg: ClipScoreConfig, out: str, ids: list[str], base: str, after: dict[str, str]) -> dict:
+    """Threshold from the recipe's rule, then every sidecar's drop_reason; returns `_decision.json`."""
+    pool = None
+    if cfg.top_fraction is not None:
+        sizes = client.gather(client.map(_pool_size, [out] * len(ids), ids, base=base, after=after, pure=False))
+        pool = int(sum(sizes))
+        k = math.ceil(cfg.top_fraction * pool - 1e-9)
+        threshold = kth_largest(client, out, ids, k, base, after) if k > 0 else None
+        rule = "top_fraction"
+    elif cfg.threshold is not None:
+        threshold, rule = float(cfg.threshold), "threshold"
+    else:
+        threshold, rule = None, "none"
+    results = client.gather(client.map(_apply, [out] * len(ids), ids, threshold=threshold, pure=False))
+    dropped = Counter()
+    for r in results:
+        dropped.update(r["dropped"])
+    records = sum(r["count"] for r in results)
+    decision = {
+        "rule": rule, "top_fraction": cfg.top_fraction, "threshold": threshold, "pool": pool,
+        "pool_after": list(after), "shards": len(ids), "records": records,
+        "scored": sum(r["scored"] for r in results), "dropped": dict(sorted(dropped.items())),
+        "kept": sum(r["scored"] for r in results) - dropped.get(LOW, 0),
+    }
+    sio.write_json(sio.join(out, "_decision.json"), decision)
+    return decision
+
+
+# ---------------------------------------------------------------------------------------------
+# entry point
+
+
+@dataclass
+class ClipReport(Report):
+    decision: dict = field(default_factory=dict)
+
+    def summary(self) -> str:
+        d = self.decision
+        if not d:
+            return super().summary()
+        t = "none" if d["threshold"] is None else f"{d['threshold']:.4f}"
+        rule = d["rule"]
+        if rule == "top_fraction":
+            after = f" kept by {', '.join(d['pool_after'])}" if d["pool_after"] else ""
+            rule = f"top {d['top_fraction']:.0%} of a pool of {d['pool']}{after}"
+        return (super().summary() + f"\n  decision ({rule}): threshold {t}; {d['kept']} of {d['scored']} scored "
+                f"pass; dropped {d['dropped']}")
+
+
+def source_url(pipeline: Pipeline, cfg: ClipScoreConfig) -> str:
+    download = getattr(pipeline, "download", None)
+    return cfg.input or (download.output if download is not None else None) or pipeline.stage_dir("download")
+
+
+def run(pipeline: Pipeline, *, client=None, overwrite: bool = False) -> ClipReport:
+    cfg = pipeline.section("clipscore")
+    source = ShardSet(source_url(pipeline, cfg))
+    shards = source.shards()
+    if not shards:
+        raise FileNotFoundError(f"clipscore: no finished shards under {source.url}")
+    out = pipeline.stage_dir("clipscore")
+    after = {s: pipeline.stage_dir(s) for s in cfg.pool_after}
+    if client is None:
+        with cluster(pipeline.engine) as c:
+            return _run(pipeline, cfg, shards, source, out, after, c, overwrite)
+    return _run(pipeline, cfg, shards, source, out, after, client, overwrite)
+
+
+def _run(pipeline, cfg, shards, source, out, after, client, overwrite) -> ClipReport:
+    report = run_stage(ClipScore(cfg), shards, out, pipeline.engine, client=client, overwrite=overwrite)
+    result = ClipReport(**vars(report))
+    if report.ok:
+        result.decision = decide(client, cfg, out, [s.id for s in shards], source.url, after)
+    return result

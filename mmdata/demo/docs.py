@@ -173,7 +173,10 @@ _OPENERS = ("", "Last week,", "Earlier this year,", "On Saturday,", "For the fir
 _SUBJECTS = ("the curator", "a young painter from Leeds", "the museum's director", "a group of design students",
              "an elderly collector", "the restoration team", "a visiting sculptor", "two local photographers",
              "the head of education", "a retired engineer", "the exhibition architect", "a children's book author",
-             "the night guard", "a printmaker from Lisbon", "the gallery's archivist", "a volunteer guide")
+             "the night guard", "a printmaker from Lisbon", "the gallery's archivist", "a volunteer guide",
+             "a furniture maker", "the city's mayor", "a blind poet", "three art historians", "my neighbour",
+             "an exchange student from Osaka", "the lighting technician", "a quiet teenager", "the board of trustees",
+             "a famous chef", "the local radio host", "an amateur astronomer")
 _VERBS = ("presented", "described", "restored", "photographed", "rearranged", "sketched", "compared",
           "catalogued", "criticised", "praised", "measured", "reframed", "lent", "discovered", "questioned",
           "repainted")
@@ -182,13 +185,18 @@ _OBJECTS = ("a series of {colour} prints", "the {shape} installation", "an early
             "a small cardboard model", "a torn concert poster", "the reading room",
             "a notebook full of studies", "a cracked ceramic bowl", "the flickering neon sign",
             "a stack of wooden stencils", "a faded silk banner", "a glass case of brushes",
-            "the woven tapestry")
+            "the woven tapestry", "an unsigned letter", "a broken clock", "dozens of postcards",
+            "the spiral staircase", "a bronze medal", "some rusty keys", "a hand-drawn map", "the velvet curtain",
+            "a box of old slides", "the marble bust", "a paper lantern", "two copper kettles")
 _PLACES = ("in the east wing.", "before the doors opened.", "for a small audience of collectors.",
            "next to the old loading dock.", "while the rain kept visitors inside.", "under the glass roof.",
            "with surprising patience.", "for the second time this month.", "in front of a school class.",
            "without saying a word.", "beside a window facing the harbour.", "on a borrowed ladder.",
            "at the far end of the corridor.", "in less than an hour.", "to polite applause.",
-           "as the lights were dimmed.")
+           "as the lights were dimmed.", "despite a cold.", "long after midnight.", "with gloved hands.",
+           "near the ticket desk.", "while tourists waited.", "using only a pencil.", "after lunch.",
+           "beneath a flickering lamp.", "during a power cut.", "on the rooftop terrace.", "with a friend.",
+           "just before closing time.")
 
 
 class _Prose:

@@ -92,7 +92,7 @@ def _background(c: Concept, w: int, h: int, rng: np.random.Generator) -> np.ndar
     return np.ascontiguousarray(img)
 
 
-def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]]:
+def _polygon(shape: str, cx: float, cy: float, r: float, turn: float = 0.0) -> list[tuple[float, float]]:
     if shape == "triangle":
         angles, radii = np.deg2rad([-90, 30, 150]), [r] * 3
     elif shape == "square":
@@ -105,10 +105,10 @@ def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, fl
         angles, radii = np.deg2rad(np.arange(-90, 270, 36)), [r, r * 0.45] * 5
     else:
         raise ValueError(shape)
-    return [(cx + rr * np.cos(a), cy + rr * np.sin(a)) for a, rr in zip(angles, radii)]
+    return [(cx + rr * np.cos(a + turn), cy + rr * np.sin(a + turn)) for a, rr in zip(angles, radii)]
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, fill) -> None:
+def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, fill, turn: float = 0.0) -> None:
     if shape == "circle":
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
     elif shape == "ring":
@@ -118,7 +118,7 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: 
         draw.rectangle([cx - r, cy - t, cx + r, cy + t], fill=fill)
         draw.rectangle([cx - t, cy - r, cx + t, cy + r], fill=fill)
     else:
-        draw.polygon(_polygon(shape, cx, cy, r), fill=fill)
+        draw.polygon(_polygon(shape, cx, cy, r, turn), fill=fill)
 
 
 @lru_cache(maxsize=64)
@@ -132,10 +132,14 @@ def render(c: Concept, width: int, height: int, rng: np.random.Generator) -> Ima
     sign_h = height // 4 if c.word else 0
     area_h = height - sign_h
     slot = width / c.count
-    r = 0.38 * min(slot, area_h)
+    # Each picture gets its own scale, placement and a slight turn, so two pictures of the same
+    # concept are different images (as two photos of red circles are), not near-duplicates.
+    r = rng.uniform(0.24, 0.4) * min(slot, area_h)
+    turn = float(np.deg2rad(rng.uniform(-12, 12)))
     for i in range(c.count):
-        jitter = rng.uniform(-0.06, 0.06, size=2) * min(slot, area_h)
-        _draw_shape(draw, c.shape, slot * (i + 0.5) + jitter[0], area_h / 2 + jitter[1], r, COLOURS[c.colour])
+        cx = slot * (i + 0.5) + rng.uniform(-1, 1) * max(0.0, slot / 2 - r)
+        cy = area_h / 2 + rng.uniform(-1, 1) * max(0.0, area_h / 2 - r)
+        _draw_shape(draw, c.shape, cx, cy, r, COLOURS[c.colour], turn)
     if c.word:
         top = area_h + sign_h // 8
         draw.rectangle([width * 0.08, top, width * 0.92, height - sign_h // 8], fill=(250, 250, 240))

@@ -8,25 +8,26 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 from mmdata import config
 from mmdata import pipeline as pl
-from mmdata.demo.corpus import build
+from mmdata.demo.corpus import VERSION, build
 from mmdata.demo.server import DemoServer
 
 
-def ensure_corpus(folder: Path, n_pairs: int, n_docs: int, seed: int, echo=print) -> Path:
-    """Build the corpus unless one of the same size and seed is already there (builds are
-    deterministic, so an existing one is exactly what a rebuild would give)."""
+def ensure_corpus(folder: Path, n_pairs: int, n_docs: int, seed: int, echo=print) -> bool:
+    """Build the corpus unless one of the same generator version, size and seed is already there
+    (builds are deterministic, so an existing one is exactly what a rebuild would give)."""
     manifest = folder / "manifest.json"
     if manifest.exists():
         m = json.loads(manifest.read_text())
-        if (m.get("n_pairs"), m.get("n_docs"), m.get("seed")) == (n_pairs, n_docs, seed):
-            return folder
+        if (m.get("version"), m.get("n_pairs"), m.get("n_docs"), m.get("seed")) == (VERSION, n_pairs, n_docs, seed):
+            return False
     echo(f"building the demo corpus in {folder}: {n_pairs} pairs, {n_docs} documents")
     build(folder, n_pairs=n_pairs, n_docs=n_docs, seed=seed)
-    return folder
+    return True
 
 
 def run(
@@ -44,12 +45,16 @@ def run(
     echo=print,
 ) -> list:
     folder = Path(corpus or os.environ.get("MMDATA_DEMO_CORPUS") or "work/demo-corpus").resolve()
-    ensure_corpus(folder, n_pairs, n_docs, seed, echo)
+    rebuilt = ensure_corpus(folder, n_pairs, n_docs, seed, echo)
     with DemoServer(folder) as server:
         os.environ["MMDATA_DEMO_CORPUS"] = str(folder)
         os.environ["MMDATA_DEMO_PORT"] = str(server.port)
         echo(f"demo web serving {folder} at {server.url}")
         pipe = config.load(recipe, config.Pipeline, list(overrides))
+        if rebuilt and Path(pipe.workdir).is_dir():
+            # every output there (tiny CLIP included) came from the old corpus; resume would keep it
+            echo(f"new corpus: clearing {pipe.workdir}")
+            shutil.rmtree(pipe.workdir)
         if "clipscore" in (stages or pipe.stages):
             # no CLIP weights can be downloaded here: a tiny one learns the demo corpus in seconds
             from mmdata.models.tiny_clip import ensure_tiny_clip

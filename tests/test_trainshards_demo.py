@@ -11,6 +11,7 @@ from mmdata import manifest as mf
 from mmdata import schema
 from mmdata import shards as io
 from mmdata.config import Pipeline
+from mmdata.stages import dedup as dedup_stage
 from mmdata.stages import filter as filter_stage
 from mmdata.stages import shards as stage
 from mmdata.store import ShardSet, kept, table
@@ -18,18 +19,23 @@ from mmdata.store import ShardSet, kept, table
 
 def test_demo_download_and_filter_to_training_shards(downloaded, client, tmp_path):
     pipe = Pipeline(workdir=str(tmp_path), seed=7, engine={"progress": False}, download=downloaded.download,
-                    filter={"input": downloaded.download.output}, shards={"shard_samples": 64})
+                    filter={"input": downloaded.download.output}, dedup={},
+                    shards={"shard_samples": 64})
     assert filter_stage.run(pipe, client=client, echo=lambda *_: None).ok
+    assert dedup_stage.run(pipe, client=client, echo=lambda *_: None).ok
     report = stage.run(pipe, client=client)
     assert report.ok, report.summary()
-    assert report.streams["captions"]["sidecars"] == ["filter"]
+    assert report.streams["captions"]["sidecars"] == ["filter", "dedup"]
+    # the funnel counts reason codes; which partner each duplicate points to is in the ledger
+    funnel = report.streams["captions"]["dropped"]
+    assert funnel.get("dedup:near_duplicate_of", 0) > 0 and not any(r[-1].isdigit() for r in funnel)
     assert "skipped" in report.streams["interleaved"] and "skipped" in report.streams["text"]
 
     # expected: what store.kept says over the download set joined with the filter's decisions
     source = ShardSet(downloaded.download.output)
     expected = set()
     for sid in source.ids():
-        df = table(source, sid, {"filter": str(tmp_path / "filter")})
+        df = table(source, sid, {"filter": str(tmp_path / "filter"), "dedup": str(tmp_path / "dedup")})
         expected |= set(df.loc[kept(df), "key"])
     folder = str(tmp_path / "shards" / "captions")
     samples = [s for url in mf.urls(folder) for s in io.read_shard(url)]
@@ -48,3 +54,4 @@ def test_demo_download_and_filter_to_training_shards(downloaded, client, tmp_pat
     n_records = sum(len(source.read_meta(i)) for i in source.ids())
     assert len(ledger) == n_records and ledger["drop_reason"].isna().sum() == len(expected)
     assert ledger["drop_reason"].str.startswith("filter:").any()
+    assert ledger["drop_reason"].str.match(r"dedup:near_duplicate_of:\d+$").any()

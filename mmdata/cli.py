@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -22,11 +23,11 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="mmdata: the data engine for MM1-style multimodal pre-training.")
 
 Config = Annotated[Path, typer.Option("--config", "-c", help="pipeline recipe (YAML)")]
-Sets = Annotated[Optional[list[str]], typer.Option("--set", help="override a recipe value: dotted.path=value")]
+Sets = Annotated[list[str] | None, typer.Option("--set", help="override a recipe value: dotted.path=value")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="redo shards that are already finished")]
-Scheduler = Annotated[Optional[str], typer.Option("--scheduler", help="tcp://host:port of a running Dask scheduler")]
-Workers = Annotated[Optional[int], typer.Option("--workers", help="LocalCluster worker processes")]
-Threads = Annotated[Optional[int], typer.Option("--threads", help="threads per worker")]
+Scheduler = Annotated[str | None, typer.Option("--scheduler", help="tcp://host:port of a running Dask scheduler")]
+Workers = Annotated[int | None, typer.Option("--workers", help="LocalCluster worker processes")]
+Threads = Annotated[int | None, typer.Option("--threads", help="threads per worker")]
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -45,35 +46,37 @@ def load_pipeline(config: Path, sets: list[str] | None, scheduler=None, workers=
     return cfgmod.load(config, Pipeline, extra)
 
 
-def run_stage_command(name: str, config, sets, overwrite, scheduler, workers, threads, **options) -> None:
-    from mmdata import pipeline as pl
-
+@contextmanager
+def reported():
+    """A bad recipe exits 2 with one line per problem; failed shards exit 1, each named."""
     try:
-        pipe = load_pipeline(config, sets, scheduler, workers, threads)
-        report = pl.run_stage(pipe, name, overwrite=overwrite, **options)
+        yield
     except ConfigError as e:
         fail(str(e))
     except StageFailed as e:
         typer.echo(str(e), err=True)
         raise typer.Exit(1)
+
+
+def run_stage_command(name: str, config, sets, overwrite, scheduler, workers, threads, **options) -> None:
+    from mmdata import pipeline as pl
+
+    with reported():
+        pipe = load_pipeline(config, sets, scheduler, workers, threads)
+        report = pl.run_stage(pipe, name, overwrite=overwrite, **options)
     typer.echo(report.summary() if hasattr(report, "summary") else str(report))
 
 
 @app.command()
 def run(config: Config, sets: Sets = None, overwrite: Overwrite = False, scheduler: Scheduler = None,
         workers: Workers = None, threads: Threads = None,
-        stage: Annotated[Optional[list[str]], typer.Option("--stage", help="run only these stages")] = None):
+        stage: Annotated[list[str] | None, typer.Option("--stage", help="run only these stages")] = None):
     """Run the recipe's stages in order on one Dask cluster."""
     from mmdata import pipeline as pl
 
-    try:
+    with reported():
         pipe = load_pipeline(config, sets, scheduler, workers, threads)
         pl.run(pipe, stage or None, overwrite=overwrite, echo=typer.echo)
-    except ConfigError as e:
-        fail(str(e))
-    except StageFailed as e:
-        typer.echo(str(e), err=True)
-        raise typer.Exit(1)
 
 
 @app.command()
@@ -84,52 +87,34 @@ def download(config: Config, sets: Sets = None, overwrite: Overwrite = False, sc
     run_stage_command("download", config, sets, overwrite, scheduler, workers, threads, retry_failed=retry_failed)
 
 
-@app.command()
-def interleaved(config: Config, sets: Sets = None, overwrite: Overwrite = False, scheduler: Scheduler = None,
+# Stages whose command takes only the common options, in pipeline order.
+PLAIN_STAGES = {
+    "filter": "Measure captions and images into columns, then keep/drop by the recipe's thresholds; prints the funnel.",
+    "dedup": "Drop duplicates across all shards (eval set, URL, caption+image, image, near-duplicate); writes a keep list.",
+    "clipscore": "Score image-caption cosine with a CLIP/SigLIP model, save embeddings, keep the pool's top fraction.",
+    "interleaved": "Interleaved image-text documents from WARC files, saved HTML or page URL lists.",
+    "text": "Text-only documents (Gopher/FineWeb-filtered) from WARC files, saved HTML or page URL lists.",
+    "check": "Validate every record of a shard set against the schemas; tar and parquet must agree.",
+}
+
+
+def _plain_stage(name: str, doc: str):
+    def command(config: Config, sets: Sets = None, overwrite: Overwrite = False, scheduler: Scheduler = None,
                 workers: Workers = None, threads: Threads = None):
-    """Interleaved image-text documents from WARC files, saved HTML or page URL lists."""
-    run_stage_command("interleaved", config, sets, overwrite, scheduler, workers, threads)
+        run_stage_command(name, config, sets, overwrite, scheduler, workers, threads)
+
+    command.__doc__ = doc
+    return command
 
 
-@app.command()
-def text(config: Config, sets: Sets = None, overwrite: Overwrite = False, scheduler: Scheduler = None,
-         workers: Workers = None, threads: Threads = None):
-    """Text-only documents (Gopher/FineWeb-filtered) from WARC files, saved HTML or page URL lists."""
-    run_stage_command("text", config, sets, overwrite, scheduler, workers, threads)
-
-
-@app.command()
-def check(config: Config, sets: Sets = None, overwrite: Overwrite = False, scheduler: Scheduler = None,
-          workers: Workers = None, threads: Threads = None):
-    """Validate every record of a shard set against the schemas; tar and parquet must agree."""
-    run_stage_command("check", config, sets, overwrite, scheduler, workers, threads)
-
-
-@app.command("filter")
-def filter_(config: Config, sets: Sets = None, overwrite: Overwrite = False, scheduler: Scheduler = None,
-            workers: Workers = None, threads: Threads = None):
-    """Measure captions and images into columns, then keep/drop by the recipe's thresholds; prints the funnel."""
-    run_stage_command("filter", config, sets, overwrite, scheduler, workers, threads)
-
-
-@app.command()
-def dedup(config: Config, sets: Sets = None, overwrite: Overwrite = False, scheduler: Scheduler = None,
-          workers: Workers = None, threads: Threads = None):
-    """Drop duplicates across all shards (eval set, URL, caption+image, image, near-duplicate); writes a keep list."""
-    run_stage_command("dedup", config, sets, overwrite, scheduler, workers, threads)
-
-
-@app.command()
-def clipscore(config: Config, sets: Sets = None, overwrite: Overwrite = False, scheduler: Scheduler = None,
-              workers: Workers = None, threads: Threads = None):
-    """Score image-caption cosine with a CLIP/SigLIP model, save embeddings, keep the pool's top fraction."""
-    run_stage_command("clipscore", config, sets, overwrite, scheduler, workers, threads)
+for _name, _doc in PLAIN_STAGES.items():
+    app.command(_name)(_plain_stage(_name, _doc))
 
 
 @app.command("tiny-clip")
 def tiny_clip(corpus: Annotated[Path, typer.Option(help="a demo corpus folder (with pairs/truth.parquet)")],
               out: Annotated[Path, typer.Option(help="where to save_pretrained the model")],
-              steps: Annotated[Optional[int], typer.Option(help="training steps (default: the library's)")] = None):
+              steps: Annotated[int | None, typer.Option(help="training steps (default: the library's)")] = None):
     """Train the tiny CLIP of the demo and the tests on a demo corpus (about a minute on CPU)."""
     import dataclasses
 
@@ -146,7 +131,7 @@ def tiny_clip(corpus: Annotated[Path, typer.Option(help="a demo corpus folder (w
 @app.command()
 def shards(config: Config, sets: Sets = None, overwrite: Overwrite = False, scheduler: Scheduler = None,
            workers: Workers = None, threads: Threads = None,
-           stream: Annotated[Optional[list[str]], typer.Option("--stream", help="only these streams (captions, interleaved, text)")] = None):
+           stream: Annotated[list[str] | None, typer.Option("--stream", help="only these streams (captions, interleaved, text)")] = None):
     """Write the kept samples as shuffled, sized training shards with a manifest per stream."""
     run_stage_command("shards", config, sets, overwrite, scheduler, workers, threads, streams=stream or None)
 
@@ -177,8 +162,7 @@ def mix_stats(mixture: Annotated[Path, typer.Option("--mixture", "-m", help="mix
               world_size: Annotated[int, typer.Option("--world-size", help="simulated ranks, read in turn")] = 1,
               workers: Annotated[int, typer.Option("--workers", help="DataLoader workers per rank")] = 0):
     """Read N global batches of a mixture and print per-source realized counts and shares."""
-    from mmdata.mix import MixError
-    from mmdata.mix import stats
+    from mmdata.mix import MixError, stats
 
     try:
         typer.echo(stats.run(mixture, batches, world_size=world_size, num_workers=workers, overrides=sets or []).table())
@@ -189,22 +173,17 @@ def mix_stats(mixture: Annotated[Path, typer.Option("--mixture", "-m", help="mix
 @app.command()
 def demo(config: Annotated[Path, typer.Option("--config", "-c", help="the demo recipe")] = Path("pipelines/demo.yaml"),
          sets: Sets = None, overwrite: Overwrite = False,
-         corpus: Annotated[Optional[Path], typer.Option(help="demo corpus folder (default work/demo-corpus)")] = None,
+         corpus: Annotated[Path | None, typer.Option(help="demo corpus folder (default work/demo-corpus)")] = None,
          pairs: Annotated[int, typer.Option(help="image-caption pairs in the corpus")] = 2000,
          docs: Annotated[int, typer.Option(help="web pages in the corpus")] = 200,
          seed: int = 0,
-         stage: Annotated[Optional[list[str]], typer.Option("--stage", help="run only these stages")] = None):
+         stage: Annotated[list[str] | None, typer.Option("--stage", help="run only these stages")] = None):
     """Build the offline demo corpus, serve it on 127.0.0.1 and run every stage of the recipe on it."""
     from mmdata.demo import run as demo_run
 
-    try:
+    with reported():
         demo_run.run(config, sets or [], corpus=corpus, n_pairs=pairs, n_docs=docs, seed=seed,
                      stages=stage or None, overwrite=overwrite, echo=typer.echo)
-    except ConfigError as e:
-        fail(str(e))
-    except StageFailed as e:
-        typer.echo(str(e), err=True)
-        raise typer.Exit(1)
 
 
 @app.command("demo-data")
@@ -221,7 +200,7 @@ def demo_data(out: Annotated[Path, typer.Option(help="output folder")],
 
 
 @app.command()
-def serve(root: Annotated[Optional[Path], typer.Option(help="a demo corpus folder (none: fault modes and stand-ins only)")] = None,
+def serve(root: Annotated[Path | None, typer.Option(help="a demo corpus folder (none: fault modes and stand-ins only)")] = None,
           host: str = "127.0.0.1", port: Annotated[int, typer.Option(help="0 picks a free port")] = 8000):
     """Serve a demo corpus over HTTP (virtual hosts by Host header, fault modes by URL) until Ctrl-C."""
     from mmdata.demo.server import serve as run_server

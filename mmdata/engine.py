@@ -153,9 +153,9 @@ class Report:
     def summary(self) -> str:
         t = self.totals()
         lines = [
-            f"{self.stage}: {len(self.done)} shards done, {len(self.skipped)} already done, "
-            f"{len(self.failed)} failed; {t['count']} records in, {t['successes']} kept "
-            f"({self.duration:.1f}s) -> {self.out}"
+            (f"{self.stage}: {len(self.done)} shards done, {len(self.skipped)} already done, "
+             f"{len(self.failed)} failed; {t['count']} records in, {t['successes']} kept "
+             f"({self.duration:.1f}s) -> {self.out}")
         ]
         lines += [f"  shard {sid} FAILED: {err}" for sid, err in sorted(self.failed.items())]
         return "\n".join(lines)

@@ -23,7 +23,7 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 import braceexpand
 import fsspec
@@ -105,9 +105,10 @@ class _AtomicFile:
             folder, name = os.path.split(self.path)
             os.makedirs(folder or ".", exist_ok=True)
             self.tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
-            self.file = open(self.tmp, "wb")
+            # closed by commit() or discard(): the file outlives this call on purpose
+            self.file = open(self.tmp, "wb")  # noqa: SIM115
         else:
-            self.file = tempfile.NamedTemporaryFile(prefix="mmdata-", suffix=".part", delete=False)
+            self.file = tempfile.NamedTemporaryFile(prefix="mmdata-", suffix=".part", delete=False)  # noqa: SIM115
             self.tmp = self.file.name
 
     def commit(self) -> None:
@@ -358,7 +359,7 @@ class TarSink:
             self._file.discard()
             self._file = None
 
-    def __enter__(self) -> TarSink:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type, *_) -> None:
@@ -413,7 +414,7 @@ class ShardWriter:
         self._roll()
         return self.shards
 
-    def __enter__(self) -> ShardWriter:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type, *_) -> None:

@@ -9,6 +9,7 @@ import hashlib
 import io
 import os
 import time
+from pathlib import Path
 
 import cloudpickle
 import pandas as pd
@@ -34,7 +35,7 @@ class Copy(Stage):
             marker = os.path.join(self.flaky_dir, f"{shard.id}.attempts")
             with open(marker, "a") as f:
                 f.write("x")
-            if open(marker).read() == "x":
+            if Path(marker).read_text() == "x":
                 raise ConnectionError(f"transient failure on first attempt of {shard.id}")
         if shard.id in self.fail_on:
             with open(os.path.join(self.flaky_dir or "/tmp", f"{shard.id}.failures"), "a") as f:

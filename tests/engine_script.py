@@ -8,11 +8,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from copystage import Copy  # noqa: E402
+from copystage import Copy
 
-from mmdata.config import EngineConfig  # noqa: E402
-from mmdata.engine import run  # noqa: E402
-from mmdata.store import ShardSet  # noqa: E402
+from mmdata.config import EngineConfig
+from mmdata.engine import run
+from mmdata.store import ShardSet
 
 if __name__ == "__main__":
     src, out, delay = sys.argv[1], sys.argv[2], float(sys.argv[3])

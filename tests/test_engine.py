@@ -92,7 +92,7 @@ def test_sigkill_midway_then_resume_loses_and_duplicates_nothing(tmp_path):
     done_before = {p.name[:5]: p.stat().st_mtime_ns for p in out.glob("*_stats.json")}
     assert 3 <= len(done_before) < 12, "the kill should land midway"
 
-    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert f"{len(done_before)} already done" in rerun.stdout
     for sid, mtime in done_before.items():  # finished shards were not redone
@@ -135,17 +135,18 @@ def test_external_scheduler_gives_the_same_output(tmp_path, external_scheduler):
     recipe = tmp_path / "p.yaml"
     recipe.write_text(f"name: t\nworkdir: {tmp_path}\ncheck: {{}}\n")
     local = subprocess.run([sys.executable, "-m", "mmdata", "check", "-c", str(recipe), "--workers", "2"],
-                           capture_output=True, text=True, timeout=300)
+                           capture_output=True, text=True, timeout=300, check=False)
     assert local.returncode == 0, local.stderr
     first = {p.name: pd.read_parquet(p) for p in (tmp_path / "check").glob("*.parquet")}
     remote = subprocess.run([sys.executable, "-m", "mmdata", "check", "-c", str(recipe), "--overwrite",
-                             "--scheduler", external_scheduler], capture_output=True, text=True, timeout=300)
+                             "--scheduler", external_scheduler], capture_output=True, text=True, timeout=300,
+                            check=False)
     assert remote.returncode == 0, remote.stderr
     assert "4 shards done" in remote.stdout
     second = {p.name: pd.read_parquet(p) for p in (tmp_path / "check").glob("*.parquet")}
     assert first.keys() == second.keys() and len(first) == 4
-    for name in first:
-        pd.testing.assert_frame_equal(first[name], second[name])
+    for name, df in first.items():
+        pd.testing.assert_frame_equal(df, second[name])
     assert all(df["valid"].all() for df in second.values())
 
 

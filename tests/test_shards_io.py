@@ -85,11 +85,10 @@ def test_never_empty_and_never_half_written(tmp_path):
     assert not (tmp_path / "empty").exists() or not list((tmp_path / "empty").iterdir())
 
     out = tmp_path / "crash"
-    with pytest.raises(RuntimeError):
-        with sio.ShardWriter(str(out), max_samples=3) as w:
-            for i in range(5):
-                w.write(sample(i))
-            raise RuntimeError("crash mid-shard")
+    with pytest.raises(RuntimeError), sio.ShardWriter(str(out), max_samples=3) as w:
+        for i in range(5):
+            w.write(sample(i))
+        raise RuntimeError("crash mid-shard")
     # the full first shard is committed, the half-written second one is gone, no temp files left
     assert sorted(p.name for p in out.iterdir()) == ["00000.tar"]
     assert len(list(sio.read_shard(str(out / "00000.tar")))) == 3

@@ -10,6 +10,7 @@ Writes `{id}.parquet` (key, valid, error) and stats; `successes` counts valid re
 from __future__ import annotations
 
 import json
+import math
 
 import pandas as pd
 
@@ -55,7 +56,7 @@ class Check(Stage):
         meta = io.read_parquet(shard.urls["meta"])
         problems: dict[str, list[str]] = {k: [] for k in meta["key"]}
         for row in meta.to_dict("records"):
-            row = {k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()}
+            row = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
             problems[row["key"]] += schema.errors("shard_meta", row)
         if meta["key"].duplicated().any():
             for key in meta.loc[meta["key"].duplicated(), "key"]:

@@ -71,7 +71,8 @@ class FetchConfig(Strict):
     allow: list[str] = Field(default_factory=list, description="hosts (glob) or IPs/CIDRs exempt from the SSRF guard")
     connect_to: dict[str, str] = Field(
         default_factory=dict,
-        description="host glob -> 'addr:port' to connect to instead (curl --connect-to); Host header and URL unchanged",
+        description="host glob -> 'addr:port' to connect to instead (curl --connect-to); Host header and URL unchanged. "
+        "'http://addr:port' also speaks plain HTTP there for https URLs (a local mirror or cache)",
     )
 
 

@@ -15,7 +15,9 @@ One `Fetcher` per task (one asyncio loop, one aiohttp session). What it guarante
   on the address actually connected to, so DNS rebinding cannot slip past it, and every redirect
   hop is checked again. Bodies over `max_bytes` are cut off.
 - `connect_to` sends a host's requests to another address (curl --connect-to), keeping the URL,
-  the Host header and TLS server name; it applies to host names, not IP literals.
+  the Host header and TLS server name; it applies to host names, not IP literals. A target written
+  `http://addr:port` is a plain-HTTP mirror: https URLs of that host are requested from it over
+  HTTP (results, redirects and robots.txt keep the original URLs).
 
 Statuses (`FetchResult.status`):
   success                 body fetched
@@ -150,10 +152,11 @@ class Policy:
                 self.opt_domains.append(entry.lower().lstrip("*.").rstrip("/"))
         self.targets = []
         for pattern, target in cfg.connect_to.items():
-            addr, sep, port = target.rpartition(":")
+            plain = target.startswith("http://")
+            addr, sep, port = target.removeprefix("http://").rstrip("/").rpartition(":")
             if not sep or not port.isdigit():
-                raise ValueError(f"connect_to {pattern!r}: expected 'address:port', got {target!r}")
-            self.targets.append((pattern.lower(), addr.strip("[]"), int(port)))
+                raise ValueError(f"connect_to {pattern!r}: expected 'address:port' or 'http://address:port', got {target!r}")
+            self.targets.append((pattern.lower(), addr.strip("[]"), int(port), plain))
 
     def opted_out(self, url: str, host: str) -> bool:
         return any(_domain_match(host, d) for d in self.opt_domains) or any(url.startswith(p) for p in self.opt_prefixes)
@@ -167,10 +170,24 @@ class Policy:
         return any(check in net for net in self.allow_nets if net.version == check.version)
 
     def target(self, host: str) -> tuple[str, int] | None:
-        for pattern, addr, port in self.targets:
+        for pattern, addr, port, _ in self.targets:
             if _host_match(host, pattern):
                 return addr, port
         return None
+
+    def wire(self, url: str) -> str:
+        """The URL put on the wire: an https URL of a plain-HTTP mirror's host goes out as http."""
+        parts = urlsplit(url)
+        if parts.scheme != "https" or not parts.hostname:
+            return url
+        host = parts.hostname.rstrip(".").lower()
+        for pattern, _, port, plain in self.targets:
+            if _host_match(host, pattern):
+                if not plain:
+                    return url
+                netloc = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+                return parts._replace(scheme="http", netloc=f"{netloc}:{port}").geturl()
+        return url
 
 
 class _Resolver(AbstractResolver):
@@ -403,7 +420,7 @@ class Fetcher:
         try:
             async with asyncio.timeout(cfg.total_timeout):
                 async with self.session.get(
-                    url, allow_redirects=False, headers={"Accept": "image/avif,image/webp,image/*,*/*;q=0.8"}
+                    self.policy.wire(url), allow_redirects=False, headers={"Accept": "image/avif,image/webp,image/*,*/*;q=0.8"}
                 ) as resp:
                     result.http_status = resp.status
                     result.headers = {k: v for k, v in resp.headers.items()}
@@ -469,7 +486,7 @@ class Fetcher:
                 self.requests += 1
                 try:
                     async with asyncio.timeout(cfg.total_timeout):
-                        async with self.session.get(url, allow_redirects=False) as resp:
+                        async with self.session.get(self.policy.wire(url), allow_redirects=False) as resp:
                             if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
                                 url = urljoin(url, resp.headers["Location"])
                                 continue

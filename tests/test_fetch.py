@@ -115,3 +115,24 @@ def test_header_parsing():
     assert x_robots_refused(["nofollow", "unavailable_after: 25 Jun 2010 15:00:00 PST"], refused, "mmdata") is None
     assert retry_after("7") == 7.0 and retry_after(None) is None and retry_after("soon") is None
     assert 0 <= retry_after("Wed, 21 Oct 2015 07:28:00 GMT") < 1  # a date in the past: no wait
+
+
+def test_plain_http_mirror_for_https_urls(server):
+    """connect_to 'http://addr:port': https URLs are fetched from a plain-HTTP mirror, results keep
+    the original URL, redirects resolve against it; a TLS target stays TLS (and fails here)."""
+    import io
+
+    from PIL import Image
+
+    server.reset()
+    urls = [f"https://{OTHER}/media/real.jpg", "https://" + fault_url(H2, "redirect", "m.jpg", hops=1).split("://", 1)[1]]
+    mirror = cfg_for(server, connect_to={"*": f"http://127.0.0.1:{server.port}"})
+    got = fetch_all(urls, mirror)
+    assert [r.status for r in got] == ["success", "success"], [r.error_message for r in got]
+    assert [r.url for r in got] == urls and got[1].final_url.startswith("https://")
+    assert Image.open(io.BytesIO(got[0].body)).size[0] > 0
+    seen = server.stats()["by_url"]  # the original hosts (Host header), robots.txt through the mirror too
+    assert seen[f"http://{OTHER}/robots.txt"] == 1 and seen[f"http://{OTHER}/media/real.jpg"] == 1
+
+    tls = fetch_all(urls[:1], cfg_for(server, retries=0))  # 'addr:port' keeps TLS: no handshake with a plain server
+    assert tls[0].status == "failed_to_download"

@@ -9,6 +9,11 @@ disk in 2 processes, no network.
 img2dataset cannot set a Host header, so both get the server's `http://127.0.0.1:PORT/_host/...`
 form of the URLs. It is installed on first use (see ../shared/ENVIRONMENT.md for why --no-deps).
 
+Two workloads: the demo corpus (synthetic images, mostly 200-800 px) and web-photo-sized JPEGs
+(1024-2048 px, like CC12M/LAION), where decoding and resizing large images is what costs. Each
+prints wall-clock images/s (start-up and teardown included) and steady-state images/s (first
+shard start to last shard end, from each tool's own per-shard stats).
+
 Run: `make bench` or `.venv/bin/python benchmarks/bench_download.py [--pairs N]`.
 """
 
@@ -24,6 +29,8 @@ import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+
+import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -107,50 +114,64 @@ def ceiling(files: list[Path], workers: int) -> float:
         return ok / (time.perf_counter() - t0)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--pairs", type=int, default=3000)  # enough that start-up is not the story
-    ap.add_argument("--workers", type=int, default=2)
-    args = ap.parse_args()
-    ensure_img2dataset()
+def photo_corpus(root: Path, n: int, seed: int = 0) -> pd.DataFrame:
+    """Web-photo-sized JPEGs (1024-2048 px, as CC12M and LAION mostly are), laid out as a demo corpus
+    so the same server serves them. Returns the truth-like table (url, caption, file)."""
+    import numpy as np
 
-    import pandas as pd
+    from mmdata.demo import images as im
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        c = im.random_concept(rng)
+        c = im.Concept(c.shape, c.colour, c.count, c.background, "grainy", c.word)  # photo-like entropy
+        w = int(rng.integers(1024, 2049))
+        h = int(w / rng.uniform(1.2, 1.6))
+        rel = f"images/img{i % 8 + 1}.demo.mmdata.test/photos/{i:06d}.jpg"
+        path = root / "pairs" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(im.encode(im.render(c, w, h, rng), "JPEG", quality=90))
+        rows.append({"url": f"http://img{i % 8 + 1}.demo.mmdata.test/photos/{i:06d}.jpg",
+                     "caption": im.true_caption(c), "file": rel})
+    return pd.DataFrame(rows)
+
+
+def run_case(name: str, corpus: Path, truth: pd.DataFrame, workers: int, tmp: Path) -> None:
+    """img2dataset and mmdata on the same URL list from the demo server, then the ceiling."""
+    import psutil
     import yaml
 
-    from mmdata.demo.corpus import build
-    from mmdata.demo.pairs import NoiseRates
     from mmdata.demo.server import DemoServer
     from mmdata.demo.urls import via_local_all
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench-download-"))
-    corpus = tmp / "corpus"
-    # a clean corpus: fault modes (slow, 429 ...) are the tests' business, not throughput's
-    build(corpus, n_pairs=args.pairs, n_docs=1, seed=0, rates=NoiseRates(fault=0, robots=0), workers=2)
-    truth = pd.read_parquet(corpus / "pairs" / "truth.parquet")
+    tmp.mkdir(parents=True, exist_ok=True)
     files = [corpus / "pairs" / f for f in truth["file"].dropna()]
     mb = sum(f.stat().st_size for f in files) / 2**20
-    per_shard = -(-args.pairs // (4 * args.workers))
-
+    per_shard = -(-len(truth) // (4 * workers))
     with DemoServer(corpus) as srv:
         urls = pd.DataFrame({"url": via_local_all(truth["url"], srv.url), "caption": truth["caption"]})
         urls.to_parquet(tmp / "urls.parquet")
-        print(f"{len(urls)} URLs, {mb:.0f} MiB of images ({len(files)} files) from {srv.url}; "
-              f"{args.workers} worker processes each; {os.cpu_count()} CPUs", flush=True)
+        print(f"\n== {name}: {len(urls)} URLs, {mb:.0f} MiB of images from {srv.url}; "
+              f"{workers} worker processes each; {os.cpu_count()} CPUs", flush=True)
 
         env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1", WANDB_MODE="disabled")
         i2d_out = tmp / "img2dataset"
         i2d = [PY, "-c", (
             "from img2dataset import download; download("
             f"url_list={str(tmp / 'urls.parquet')!r}, input_format='parquet', url_col='url', caption_col='caption', "
-            f"output_folder={str(i2d_out)!r}, output_format='webdataset', processes_count={args.workers}, "
+            f"output_folder={str(i2d_out)!r}, output_format='webdataset', processes_count={workers}, "
             f"thread_count=64, image_size=256, resize_mode='keep_ratio', encode_format='jpg', encode_quality=95, "
             f"number_sample_per_shard={per_shard}, distributor='multiprocessing', enable_wandb=False)"
         )]
+        server = psutil.Process(srv.proc.pid)
+        cpu0 = sum(server.cpu_times()[:2])
         i2d_wall, i2d_mem, _ = timed(i2d, env)
+        cpu1 = sum(server.cpu_times()[:2])
         i2d_ok = successes(i2d_out)
 
         recipe = {"name": "bench", "workdir": str(tmp / "mmdata"),
-                  "engine": {"n_workers": args.workers, "threads_per_worker": 1, "progress": False},
+                  "engine": {"n_workers": workers, "threads_per_worker": 1, "progress": False},
                   "download": {"input": str(tmp / "urls.parquet"), "samples_per_shard": per_shard, "threads": 2,
                                "image": {"image_size": 256, "resize_mode": "keep_ratio", "encode_format": "jpg",
                                          "encode_quality": 95},
@@ -159,9 +180,10 @@ def main() -> None:
                                "fetch": {"allow": ["127.0.0.1"], "concurrency": 64, "per_host": 64}}}
         (tmp / "bench.yaml").write_text(yaml.safe_dump(recipe))
         mm_wall, mm_mem, _ = timed([PY, "-m", "mmdata", "download", "--config", str(tmp / "bench.yaml")])
+        cpu2 = sum(server.cpu_times()[:2])
         mm_ok = successes(tmp / "mmdata" / "download")
 
-    ceil = ceiling(files, args.workers)
+    ceil = ceiling(files, workers)
     mm_rate, i2d_rate = mm_ok / mm_wall, i2d_ok / i2d_wall
     mm_steady = steady_rate(tmp / "mmdata" / "download", "started", "finished")
     i2d_steady = steady_rate(i2d_out, "start_time", "end_time")
@@ -169,11 +191,36 @@ def main() -> None:
           f"peak memory {i2d_mem / 2**20:6.0f} MiB")
     print(f"mmdata download    : {mm_rate:7.1f} images/s  successes {mm_ok}/{len(urls)}  wall {mm_wall:5.1f}s  "
           f"peak memory {mm_mem / 2**20:6.0f} MiB")
-    print(f"ceiling (decode+resize+encode from local disk, {args.workers} processes): {ceil:7.1f} images/s")
+    print(f"ceiling (decode+resize+encode from local disk, {workers} processes): {ceil:7.1f} images/s")
     print(f"ratio mmdata / img2dataset: {mm_rate / i2d_rate:.2f}x   mmdata / ceiling: {mm_rate / ceil:.0%}"
           "   (wall: each tool's start-up and teardown included)")
     print(f"steady state (first shard start to last shard end): img2dataset {i2d_steady:.1f} images/s, "
           f"mmdata {mm_steady:.1f} images/s; ratio {mm_steady / i2d_steady:.2f}x   mmdata / ceiling: {mm_steady / ceil:.0%}")
+    print(f"the local server's own CPU on these {os.cpu_count()} cores: {cpu1 - cpu0:.1f}s during img2dataset's run, "
+          f"{cpu2 - cpu1:.1f}s during mmdata's (the ceiling has no server to feed)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--pairs", type=int, default=3000)  # enough that start-up is not the story
+    ap.add_argument("--photos", type=int, default=800, help="web-photo-sized images in the second case (0: skip)")
+    ap.add_argument("--workers", type=int, default=2)
+    args = ap.parse_args()
+    ensure_img2dataset()
+
+    from mmdata.demo.corpus import build
+    from mmdata.demo.pairs import NoiseRates
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-download-"))
+    corpus = tmp / "corpus"
+    # a clean corpus: fault modes (slow, 429 ...) are the tests' business, not throughput's
+    build(corpus, n_pairs=args.pairs, n_docs=1, seed=0, rates=NoiseRates(fault=0, robots=0), workers=2)
+    truth = pd.read_parquet(corpus / "pairs" / "truth.parquet")
+    run_case("demo corpus (synthetic images, mostly 200-800 px)", corpus, truth, args.workers, tmp / "demo")
+    if args.photos:
+        photos = tmp / "photos"
+        run_case("web-photo sizes (JPEG, 1024-2048 px)", photos, photo_corpus(photos, args.photos), args.workers,
+                 tmp / "photos-run")
 
 
 if __name__ == "__main__":

@@ -161,7 +161,8 @@ def process(body: bytes, cfg: ImageConfig | None = None) -> ImageResult:
         return res
     res.status = "failed_to_resize"
     try:
-        img = ImageOps.exif_transpose(img)
+        if orientation != 1:  # exif_transpose copies the image even when there is nothing to turn
+            img = ImageOps.exif_transpose(img)
         img = _rgb(img, keep_alpha=cfg.encode_format != "jpg")
         if img.size != (tw, th):
             shrink = tw * th < img.width * img.height

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mmdata import shards as io
-from mmdata.config import EngineConfig
+from mmdata.config import ConfigError, EngineConfig
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +52,33 @@ class Stage:
     def process(self, shard: Shard, out: str) -> dict:
         raise NotImplementedError
 
+    def fingerprint(self) -> str:
+        """What decides this stage's outputs. Finished shards written under another fingerprint are
+        stale: a re-run refuses to mix them with new ones unless told to overwrite. The default is
+        the stage's whole state; stages narrow it to leave out settings that only change speed."""
+        return digest(self.__dict__)
+
     def cache_token(self) -> str:
         """Identifies this stage's set-up state on a worker; equal tokens share one set-up."""
         from dask.base import tokenize
 
         return f"{type(self).__module__}.{type(self).__qualname__}-{tokenize(self.__dict__)}"
+
+
+def digest(state: Any) -> str:
+    import hashlib
+    import json
+
+    def plain(v: Any) -> Any:
+        if hasattr(v, "model_dump"):
+            return v.model_dump(mode="json")
+        if isinstance(v, dict):
+            return {str(k): plain(x) for k, x in v.items()}
+        if isinstance(v, list | tuple | set | frozenset):
+            return [plain(x) for x in v]
+        return v if isinstance(v, str | int | float | bool | type(None)) else repr(v)
+
+    return hashlib.sha256(json.dumps(plain(state), sort_keys=True).encode()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,6 +215,7 @@ def run(
     if len(set(ids)) != len(ids):
         raise ValueError(f"{stage.name}: duplicate shard ids in input")
     done_before = set() if overwrite else finished(out)
+    _check_fingerprint(stage, out, done_before)
     todo = [s for s in shards if s.id not in done_before]
     report.skipped = sorted(s.id for s in shards if s.id in done_before)
     _sweep_temp(out, [s.id for s in todo])
@@ -204,6 +227,24 @@ def run(
             _submit_all(client, stage, todo, out, engine, report)
     report.duration = time.time() - t0
     return report
+
+
+FINGERPRINT = "_stage.json"
+
+
+def _check_fingerprint(stage: Stage, out: str, done: set[str]) -> None:
+    """Refuse to resume on top of shards written with other settings; record this run's."""
+    url = io.join(out, FINGERPRINT)
+    mine = stage.fingerprint()
+    if done and io.exists(url):
+        theirs = io.read_json(url).get("fingerprint")
+        if theirs != mine:
+            raise ConfigError(
+                f"{stage.name}: the recipe changed since the {len(done)} finished shards under {out} were written "
+                f"(fingerprint {theirs} -> {mine}); rerun with --overwrite to redo them, or write elsewhere"
+            )
+        return
+    io.write_json(url, {"stage": stage.name, "fingerprint": mine})
 
 
 def _sweep_temp(out: str, ids: list[str]) -> None:

@@ -161,3 +161,18 @@ def test_check_catches_tar_and_metadata_disagreeing(tmp_path, client):
     bad = pd.read_parquet(tmp_path / "check/00001.parquet").set_index("key")
     assert bad.loc["000010000", "error"] == "sample in tar but metadata status is not success"
     assert pd.read_parquet(tmp_path / "check/00000.parquet")["valid"].all()
+
+
+def test_resume_refuses_shards_written_with_other_settings(tmp_path, client):
+    from mmdata.config import ConfigError
+
+    make_pairs(str(tmp_path / "in"), n_shards=3)
+    shards, out = ShardSet(str(tmp_path / "in")).shards(), str(tmp_path / "copy")
+    assert run(Copy(delay=0.0), shards[:2], out, CFG, client=client).ok
+    # the same settings resume (and finish the third shard); other settings must not mix in silently
+    assert sorted(run(Copy(delay=0.0), shards, out, CFG, client=client).done) == ["00002"]
+    with pytest.raises(ConfigError, match="recipe changed since the 3 finished shards"):
+        run(Copy(delay=0.001), shards, out, CFG, client=client)
+    redo = run(Copy(delay=0.001), shards, out, CFG, client=client, overwrite=True)
+    assert len(redo.done) == 3
+    assert not run(Copy(delay=0.001), shards, out, CFG, client=client).done  # the new settings are now the record

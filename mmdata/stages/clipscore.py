@@ -33,7 +33,7 @@ import pandas as pd
 
 from mmdata import shards as sio
 from mmdata.config import ClipScoreConfig, Pipeline
-from mmdata.engine import Report, Shard, Stage, cluster
+from mmdata.engine import Report, Shard, Stage, cluster, digest
 from mmdata.engine import run as run_stage
 from mmdata.store import ShardSet, kept, table
 
@@ -84,6 +84,12 @@ class ClipScore(Stage):
 
     def __init__(self, cfg: ClipScoreConfig):
         self.opts = cfg.model_dump()  # plain data: tokenizes the same on every call
+
+    def fingerprint(self) -> str:
+        # what the scores and embeddings depend on; the decision rule is a separate pass, and batch
+        # size and threads only change speed
+        o = self.opts
+        return digest({k: o[k] for k in ("input", "model", "device", "dtype", "max_tokens", "embeddings", "synthetic")})
 
     def setup(self) -> None:
         from concurrent.futures import ThreadPoolExecutor

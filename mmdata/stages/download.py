@@ -26,7 +26,7 @@ import pandas as pd
 from mmdata import images, inputs
 from mmdata import shards as io
 from mmdata.config import ConfigError, DownloadConfig, Pipeline
-from mmdata.engine import Report, Shard, Stage, finished, stats_url
+from mmdata.engine import Report, Shard, Stage, digest, finished, stats_url
 from mmdata.engine import run as run_engine
 from mmdata.fetch import Fetcher, FetchResult
 
@@ -93,6 +93,13 @@ class Download(Stage):
     def __init__(self, cfg: DownloadConfig, retry_failed: bool = False):
         self.cfg = cfg
         self.retry_failed = retry_failed
+
+    def fingerprint(self) -> str:
+        # the input split is checked by partition(); speed settings (concurrency, threads) and the
+        # retry pass may change between runs of the same output
+        cfg = self.cfg
+        fetch = cfg.fetch.model_dump(exclude={"concurrency", "per_host", "user_agent"})
+        return digest({"image": cfg.image, "fetch": fetch, "caption_col": cfg.caption_col, "url_col": cfg.url_col})
 
     def process(self, shard: Shard, out: str) -> dict:
         rows = io.read_parquet(shard.urls["input"])

@@ -174,3 +174,32 @@ def test_minhash_agrees_with_datasketch():
         assert abs(ours - ref[0].jaccard(ref[1])) < 0.15
     rep = clusters(m.bands(sigs))
     assert rep[20:].tolist() == list(range(20)) and rep[:20].tolist() == list(range(20))
+
+
+def test_url_list_pages_fetched_politely(demo_docs, client, tmp_path):
+    """A URL list: pages come through the download stage's client (robots.txt, statuses), then
+    extraction as for WARC records; every URL has its row."""
+    from mmdata.demo.urls import ROBOTS_DISALLOW, fault_url
+
+    root, srv = demo_docs
+    truth = [json.loads(line) for line in (root / "docs" / "truth.jsonl").read_text().splitlines()]
+    good = [t for t in truth if t["lang"] == "en" and t["quality"] == "ok" and not t.get("near_dup_of")][:8]
+    robots_host, prefix = next(iter(ROBOTS_DISALLOW.items()))
+    blocked = f"http://{robots_host}{prefix}page.html"
+    missing = fault_url("news.demo.mmdata.test", "404", "gone.html")
+    (tmp_path / "pages.txt").write_text("\n".join([t["url"] for t in good] + [blocked, missing]) + "\n")
+    srv.reset()
+    pipe = _pipe(tmp_path, srv, {"input": str(tmp_path / "pages.txt")})
+    assert interleaved.run(pipe, client=client).ok
+    meta, samples = _outputs(tmp_path / "interleaved")
+    by_url = meta.set_index("url")
+    assert len(meta) == len(good) + 2 and set(by_url.index) == {t["url"] for t in good} | {blocked, missing}
+    assert by_url.loc[blocked, "status"] == "skipped_robots"
+    assert by_url.loc[missing, "status"] == "failed_to_download"
+    docs = {s["json"]["url"]: s["json"] for s in samples}
+    assert set(docs) == {t["url"] for t in good}
+    for t in good:
+        got = [x["url"] for x in docs[t["url"]]["slots"] if x["type"] == "image"]
+        assert [u for u in got if u in t["images"]] == [u for u in t["images"] if u in got] and got
+    seen = srv.stats()["by_url"]
+    assert all(seen.get(t["url"], 0) == 1 for t in good) and seen.get(blocked, 0) == 0  # robots.txt honoured

@@ -463,6 +463,11 @@ class Pipeline(Strict):
     def stage_dir(self, stage: str) -> str:
         return f"{self.workdir.rstrip('/')}/{stage}"
 
+    def output(self, stage: str) -> str:
+        """Where `stage` writes: its section's `output` when set, else `{workdir}/{stage}`."""
+        section = getattr(self, stage, None) if stage in type(self).model_fields else None
+        return getattr(section, "output", None) or self.stage_dir(stage)
+
     def section(self, stage: str) -> Any:
         attr = stage.replace("-", "_")
         value = getattr(self, attr, None) if attr in type(self).model_fields else None

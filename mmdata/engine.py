@@ -60,9 +60,7 @@ class Stage:
 
     def cache_token(self) -> str:
         """Identifies this stage's set-up state on a worker; equal tokens share one set-up."""
-        from dask.base import tokenize
-
-        return f"{type(self).__module__}.{type(self).__qualname__}-{tokenize(self.__dict__)}"
+        return f"{type(self).__module__}.{type(self).__qualname__}-{digest(self.__dict__)}"
 
 
 def digest(state: Any) -> str:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from mmdata import shards as io
+from mmdata.config import ConfigError
 from mmdata.engine import Shard, finished
 
 
@@ -36,6 +37,14 @@ class ShardSet:
 
     def shards(self) -> list[Shard]:
         return [Shard(i, {"tar": self.tar(i), "meta": self.meta(i)}) for i in self.ids()]
+
+    def require(self, stage: str) -> list[Shard]:
+        """The finished shards `stage` reads; none is a recipe problem, said in one line."""
+        shards = self.shards()
+        if not shards:
+            raise ConfigError(f"{stage}: no finished shards under {self.url} (run the stage that writes them first, "
+                              f"or point {stage}.input elsewhere)")
+        return shards
 
     def read_meta(self, shard_id: str) -> pd.DataFrame:
         return io.read_parquet(self.meta(shard_id))

@@ -90,3 +90,19 @@ def test_config_command_prints_defaults(tmp_path):
     result = cli("config", "--config", str(path))
     assert result.returncode == 0, result.stderr
     assert "n_workers: 3" in result.stdout and "retries: 2" in result.stdout
+
+
+def test_stage_outputs_follow_the_recipe():
+    pipe = Pipeline.model_validate({"workdir": "/w", "download": {"input": "u.parquet", "output": "s3://b/dl"}, "check": {}})
+    assert pipe.output("download") == "s3://b/dl"  # every reader of download's shards goes there
+    assert pipe.output("check") == "/w/check" and pipe.output("filter") == "/w/filter"
+
+
+def test_missing_upstream_shards_is_one_clear_line(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text(f"workdir: {tmp_path}\nfilter: {{}}\ncheck: {{}}\n")
+    for stage in ("filter", "check"):
+        result = cli(stage, "--config", str(path))
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert result.stderr.strip() == (f"error: {stage}: no finished shards under {tmp_path}/download "
+                                         f"(run the stage that writes them first, or point {stage}.input elsewhere)")

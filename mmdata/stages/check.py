@@ -86,8 +86,5 @@ class Check(Stage):
 
 def run(pipeline: Pipeline, *, client=None, overwrite: bool = False) -> Report:
     cfg = pipeline.section("check")
-    source = ShardSet(cfg.input or pipeline.stage_dir("download"))
-    shards = source.shards()
-    if not shards:
-        raise FileNotFoundError(f"check: no finished shards under {source.url}")
+    shards = ShardSet(cfg.input or pipeline.output("download")).require("check")
     return run_stage(Check(), shards, pipeline.stage_dir("check"), pipeline.engine, client=client, overwrite=overwrite)

@@ -302,17 +302,10 @@ class ClipReport(Report):
                 f"pass; dropped {d['dropped']}")
 
 
-def source_url(pipeline: Pipeline, cfg: ClipScoreConfig) -> str:
-    download = getattr(pipeline, "download", None)
-    return cfg.input or (download.output if download is not None else None) or pipeline.stage_dir("download")
-
-
 def run(pipeline: Pipeline, *, client=None, overwrite: bool = False) -> ClipReport:
     cfg = pipeline.section("clipscore")
-    source = ShardSet(source_url(pipeline, cfg))
-    shards = source.shards()
-    if not shards:
-        raise FileNotFoundError(f"clipscore: no finished shards under {source.url}")
+    source = ShardSet(cfg.input or pipeline.output("download"))
+    shards = source.require("clipscore")
     out = pipeline.stage_dir("clipscore")
     after = {s: pipeline.stage_dir(s) for s in cfg.pool_after}
     if client is None:

@@ -34,10 +34,10 @@ import pandas as pd
 
 from mmdata import phash as ph
 from mmdata import shards as sio
-from mmdata.config import DedupConfig, Pipeline
+from mmdata.config import ConfigError, DedupConfig, Pipeline
 from mmdata.engine import Report, Shard, Stage, cluster, finished
 from mmdata.engine import run as run_stage
-from mmdata.stages.filter import print_funnel, save_funnel, source_url
+from mmdata.stages.filter import print_funnel, save_funnel
 from mmdata.store import ShardSet
 
 REASONS = {"eval_set": "eval_set", "url": "duplicate_url_of", "pair": "duplicate_pair_of",
@@ -289,14 +289,12 @@ def run(pipeline: Pipeline, *, client=None, overwrite: bool = False, echo=print)
     if client is None:
         with cluster(pipeline.engine) as c:
             return run(pipeline, client=c, overwrite=overwrite, echo=echo)
-    source = ShardSet(cfg.input or source_url(pipeline))
+    source = ShardSet(cfg.input or pipeline.output("download"))
     filter_dir = cfg.filter or pipeline.stage_dir("filter")
-    ids = source.ids()
-    if not ids:
-        raise FileNotFoundError(f"dedup: no finished shards under {source.url}")
+    ids = [s.id for s in source.require("dedup")]
     use_filter = bool(finished(filter_dir))
     if use_filter and (missing := sorted(set(ids) - finished(filter_dir))):
-        raise FileNotFoundError(f"dedup: filter has not finished shards {', '.join(missing[:5])} (run `filter` first)")
+        raise ConfigError(f"dedup: filter has not finished shards {', '.join(missing[:5])} (run `filter` first)")
     out = pipeline.stage_dir("dedup")
     shards = [Shard(i, {"meta": source.meta(i), **({"filter": sio.join(filter_dir, f"{i}.parquet")} if use_filter else {})})
               for i in ids]

@@ -223,7 +223,8 @@ class _InOrder:
 
 
 def output(pipeline: Pipeline) -> str:
-    return pipeline.section("download").output or pipeline.stage_dir("download")
+    pipeline.section("download")  # a clear error when the recipe has none
+    return pipeline.output("download")
 
 
 def _has_failures(out: str, sid: str) -> bool:

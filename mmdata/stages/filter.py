@@ -225,18 +225,9 @@ def print_funnel(name: str, f: dict, echo=print) -> None:
     echo(f"  = kept {f['kept']}")
 
 
-def source_url(pipeline: Pipeline) -> str:
-    """The download stage's shard set of this recipe."""
-    download = getattr(pipeline, "download", None)
-    return (download.output if download is not None else None) or pipeline.stage_dir("download")
-
-
 def run(pipeline: Pipeline, *, client=None, overwrite: bool = False, echo=print) -> Report:
     cfg = pipeline.section("filter")
-    source = ShardSet(cfg.input or source_url(pipeline))
-    shards = source.shards()
-    if not shards:
-        raise FileNotFoundError(f"filter: no finished shards under {source.url}")
+    shards = ShardSet(cfg.input or pipeline.output("download")).require("filter")
     out = pipeline.stage_dir("filter")
     report = run_stage(Filter(cfg), shards, out, pipeline.engine, client=client, overwrite=overwrite)
     if report.ok:

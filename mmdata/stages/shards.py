@@ -291,8 +291,7 @@ def _folder(pipeline: Pipeline, name_or_url: str) -> str:
     """A path/URL as given, or a stage's output folder (its section's `output`, else under workdir)."""
     if "/" in name_or_url or "://" in name_or_url:
         return name_or_url.rstrip("/")
-    section = getattr(pipeline, name_or_url, None) if name_or_url in type(pipeline).model_fields else None
-    return getattr(section, "output", None) or pipeline.stage_dir(name_or_url)
+    return pipeline.output(name_or_url)
 
 
 def _run_stream(pipeline: Pipeline, cfg: ShardsConfig, stream: str, scfg: StreamConfig, client,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationError, model_validator
@@ -24,6 +24,10 @@ class Strict(BaseModel):
     """Base of every config model: unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # Fields that change how fast or by which route work is done, never its result: left out of a
+    # stage's fingerprint, so a resumed run may retune them (the demo server's port changes per run).
+    PACE: ClassVar[frozenset[str]] = frozenset()
 
 
 class EngineConfig(Strict):
@@ -45,6 +49,7 @@ class CheckConfig(Strict):
 
 
 class FetchConfig(Strict):
+    PACE = frozenset({"concurrency", "per_host", "user_agent", "connect_to"})
     """HTTP fetching (mmdata.fetch): limits, politeness and safety. Used by download and interleaved."""
 
     concurrency: int = Field(64, ge=1, description="requests in flight (plus fetched bodies awaiting processing)")
@@ -97,6 +102,7 @@ class ImageConfig(Strict):
 
 
 class DownloadConfig(Strict):
+    PACE = frozenset({"threads"})
     """The `download` stage: image-caption pairs from URL lists into img2dataset-style shards."""
 
     input: str | list[str] = Field(..., description="file, folder, glob or brace pattern (local or fsspec URL)")

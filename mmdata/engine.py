@@ -68,8 +68,9 @@ def digest(state: Any) -> str:
     import json
 
     def plain(v: Any) -> Any:
-        if hasattr(v, "model_dump"):
-            return v.model_dump(mode="json")
+        if hasattr(v, "model_dump"):  # a config model, less the fields that only set the pace
+            pace = getattr(v, "PACE", frozenset())
+            return {k: plain(getattr(v, k)) for k in type(v).model_fields if k not in pace}
         if isinstance(v, dict):
             return {str(k): plain(x) for k, x in v.items()}
         if isinstance(v, list | tuple | set | frozenset):

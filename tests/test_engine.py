@@ -176,3 +176,16 @@ def test_resume_refuses_shards_written_with_other_settings(tmp_path, client):
     redo = run(Copy(delay=0.001), shards, out, CFG, client=client, overwrite=True)
     assert len(redo.done) == 3
     assert not run(Copy(delay=0.001), shards, out, CFG, client=client).done  # the new settings are now the record
+
+
+def test_fingerprint_ignores_pace_but_not_results():
+    from mmdata.config import DownloadConfig
+    from mmdata.engine import digest
+
+    base = DownloadConfig(input="u.parquet", fetch={"connect_to": {"*": "127.0.0.1:8000"}})
+    # a new server port, more concurrency or threads: same outputs, so a resumed run may change them
+    retuned = DownloadConfig(input="u.parquet", threads=8, fetch={"connect_to": {"*": "127.0.0.1:9999"}, "concurrency": 256})
+    assert digest(base) == digest(retuned)
+    for changed in ({"image": {"image_size": 384}}, {"fetch": {"max_bytes": 1000}}, {"caption_col": "alt"}):
+        assert digest(base) != digest(base.model_copy(update={k: type(getattr(base, k)).model_validate(v)
+                                                               if isinstance(v, dict) else v for k, v in changed.items()}))

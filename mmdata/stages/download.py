@@ -95,11 +95,7 @@ class Download(Stage):
         self.retry_failed = retry_failed
 
     def fingerprint(self) -> str:
-        # the input split is checked by partition(); speed settings (concurrency, threads) and the
-        # retry pass may change between runs of the same output
-        cfg = self.cfg
-        fetch = cfg.fetch.model_dump(exclude={"concurrency", "per_host", "user_agent"})
-        return digest({"image": cfg.image, "fetch": fetch, "caption_col": cfg.caption_col, "url_col": cfg.url_col})
+        return digest(self.cfg)  # not `retry_failed`: the retry pass redoes finished shards on purpose
 
     def process(self, shard: Shard, out: str) -> dict:
         rows = io.read_parquet(shard.urls["input"])

@@ -21,6 +21,7 @@ from typing import Any
 
 from mmdata import shards as io
 from mmdata.config import ConfigError, EngineConfig
+from mmdata.memory import keep_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,8 @@ _ready_lock = threading.Lock()
 
 def _stage_on_worker(stage: Stage, token: str) -> Stage:
     with _ready_lock:
+        if not _ready:  # first task in this process
+            keep_freed_memory()
         if token not in _ready:
             stage.setup()
             _ready[token] = stage

@@ -40,7 +40,7 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Self
@@ -62,6 +62,8 @@ INVALID = "skipped_invalid_url"
 
 RETRY_HTTP = frozenset((408, 425, 429, 500, 502, 503, 504))
 PAUSE_HTTP = frozenset((429, 503))  # statuses whose Retry-After pauses the host
+ACCEPT_IMAGES = "image/avif,image/webp,image/*,*/*;q=0.8"
+ACCEPT_PAGES = "text/html,application/xhtml+xml,*/*;q=0.8"
 ROBOTS_MAX_BYTES = 512 * 1024  # Google's limit is 500 KiB
 METADATA_IPS = frozenset(map(ipaddress.ip_address, ("169.254.169.254", "169.254.170.2", "100.100.100.200", "fd00:ec2::254")))
 
@@ -74,7 +76,7 @@ class FetchResult:
     body: bytes | None = None
     http_status: int | None = None
     final_url: str | None = None
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict)  # of the last response
     attempts: int = 0
     elapsed: float = 0.0
 
@@ -177,6 +179,8 @@ class Policy:
 
     def wire(self, url: str) -> str:
         """The URL put on the wire: an https URL of a plain-HTTP mirror's host goes out as http."""
+        if not self.targets or not url.startswith("https:"):
+            return url
         parts = urlsplit(url)
         if parts.scheme != "https" or not parts.hostname:
             return url
@@ -289,11 +293,13 @@ class _Host:
 class Fetcher:
     """`async with Fetcher(cfg) as f:` then `await f.fetch(url)` or `async with f.fetching(url) as r`."""
 
-    def __init__(self, cfg: FetchConfig):
+    def __init__(self, cfg: FetchConfig, accept: str = ACCEPT_IMAGES):
         self.cfg = cfg
+        self.accept = accept
         self.policy = Policy(cfg)
         self.agent = cfg.user_agent.split("/")[0].split()[0].lower() if cfg.user_agent.strip() else "*"
         self._hosts: dict[str, _Host] = {}
+        self._verdicts: dict[str, _Fail | None] = {}  # host -> why it is refused (None: it is not)
         self._robots: dict[str, asyncio.Future] = {}
         self.requests = 0  # HTTP requests sent, robots.txt included
 
@@ -308,7 +314,8 @@ class Fetcher:
         )
         self.session = aiohttp.ClientSession(
             connector=connector, timeout=timeout, cookie_jar=aiohttp.DummyCookieJar(),
-            headers={"User-Agent": self.cfg.user_agent}, auto_decompress=True, trust_env=False,
+            headers={"User-Agent": self.cfg.user_agent, "Accept": self.accept},
+            auto_decompress=True, trust_env=False,
         )
         return self
 
@@ -350,7 +357,7 @@ class Fetcher:
         for attempt in range(cfg.retries + 1):
             result.attempts = attempt + 1
             try:
-                await self._attempt(url, result)
+                await self._attempt(url, result, parts)
                 break
             except _Fail as f:
                 result.status, result.error_message, result.http_status = f.status, f.message, f.http_status
@@ -381,25 +388,31 @@ class Fetcher:
             async with self._slots:
                 yield host
 
-    def _check(self, url: str) -> tuple[str, str]:
+    def _check(self, url: str, parts=None) -> tuple[str, str]:
         """Policy checks for one hop; returns (host, netloc)."""
-        parts = urlsplit(url)
+        parts = parts or urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise _Fail(FAILED, f"redirect to a non-http(s) URL: {url[:200]}", url=url)
         host = parts.hostname.rstrip(".").lower()
-        if self.policy.opted_out(url, host):
+        if host not in self._verdicts:  # what depends on the host alone is decided once per host
+            verdict = None
+            if any(_domain_match(host, d) for d in self.policy.opt_domains):
+                verdict = _Fail(OPT_OUT, f"opt-out list covers {host}")
+            elif (literal := _ip(host)) is not None and not self.policy.allowed(host, literal):
+                verdict = _Fail(SSRF, f"non-public address {host} (ssrf_guard; see fetch.allow)")
+            self._verdicts[host] = verdict
+        if (verdict := self._verdicts[host]) is not None:
+            raise _Fail(verdict.status, verdict.message, url=url)
+        if self.policy.opt_prefixes and self.policy.opted_out(url, host):
             raise _Fail(OPT_OUT, f"opt-out list covers {host}", url=url)
-        literal = _ip(host)
-        if literal is not None and not self.policy.allowed(host, literal):
-            raise _Fail(SSRF, f"non-public address {host} (ssrf_guard; see fetch.allow)", url=url)
         return host, parts.netloc.lower()
 
-    async def _attempt(self, url: str, result: FetchResult) -> None:
+    async def _attempt(self, url: str, result: FetchResult, parts=None) -> None:
         """One attempt, redirects included. Fills `result` and keeps a slot on success; raises _Fail."""
         cfg = self.cfg
         current = url
         for _ in range(cfg.max_redirects + 1):
-            _, netloc = self._check(current)
+            _, netloc = self._check(current, parts if current is url else None)
             if cfg.robots_txt:
                 await self._robots_check(current, netloc)
             async with self._slot(netloc) as hostinfo:
@@ -419,11 +432,9 @@ class Fetcher:
         self.requests += 1
         try:
             async with asyncio.timeout(cfg.total_timeout):
-                async with self.session.get(
-                    self.policy.wire(url), allow_redirects=False, headers={"Accept": "image/avif,image/webp,image/*,*/*;q=0.8"}
-                ) as resp:
+                async with self.session.get(self.policy.wire(url), allow_redirects=False) as resp:
                     result.http_status = resp.status
-                    result.headers = {k: v for k, v in resp.headers.items()}
+                    result.headers = resp.headers
                     if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
                         result.final_url = urljoin(url, resp.headers["Location"])
                         return None
@@ -447,6 +458,8 @@ class Fetcher:
                     length = resp.content_length
                     if length is not None and length > cfg.max_bytes:
                         raise _Fail(FAILED, f"body of {length} bytes > max_bytes {cfg.max_bytes}", http_status=resp.status, url=url)
+                    if length is not None:  # aiohttp stops at Content-Length and fails a shorter body
+                        return await resp.read()
                     body = bytearray()
                     async for chunk in resp.content.iter_chunked(1 << 16):
                         body += chunk
@@ -508,22 +521,22 @@ class Fetcher:
 # sync entry point
 
 
-async def fetch_many(urls: list[str], cfg: FetchConfig) -> list[FetchResult]:
-    async with Fetcher(cfg) as f:
+async def fetch_many(urls: list[str], cfg: FetchConfig, accept: str = ACCEPT_IMAGES) -> list[FetchResult]:
+    async with Fetcher(cfg, accept) as f:
         return list(await asyncio.gather(*(f.fetch(u) for u in urls)))
 
 
-def fetch_all(urls: list[str], cfg: FetchConfig | None = None) -> list[FetchResult]:
+def fetch_all(urls: list[str], cfg: FetchConfig | None = None, accept: str = ACCEPT_IMAGES) -> list[FetchResult]:
     """Fetch every URL (in input order) on a private event loop; usable from sync code anywhere."""
     cfg = cfg or FetchConfig()
     urls = list(urls)
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(fetch_many(urls, cfg))
+        return asyncio.run(fetch_many(urls, cfg, accept))
     # called from inside a running loop (a notebook, an async app): use a thread of our own
     box: list = []
-    thread = threading.Thread(target=lambda: box.append(asyncio.run(fetch_many(urls, cfg))), daemon=True)
+    thread = threading.Thread(target=lambda: box.append(asyncio.run(fetch_many(urls, cfg, accept))), daemon=True)
     thread.start()
     thread.join()
     if not box:

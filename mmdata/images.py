@@ -23,6 +23,8 @@ import hashlib
 import io
 import json
 import math
+import os
+import threading
 import warnings
 from dataclasses import dataclass
 
@@ -98,16 +100,39 @@ def _rgb(img: Image.Image, keep_alpha: bool) -> Image.Image:
     return img.convert("RGB")
 
 
+_local = threading.local()
+
+
+def _scratch():
+    """This thread's in-memory file (Linux), else None. Pillow encodes without holding the GIL only
+    into a real file descriptor; into BytesIO, JPEG encoding holds it, and two threads encoding
+    ran slower than one (measured: 0.84x), stalling the event loop that feeds them."""
+    if not hasattr(_local, "file"):
+        try:
+            _local.file = os.fdopen(os.memfd_create("mmdata-encode", os.MFD_CLOEXEC), "w+b")
+        except (AttributeError, OSError):
+            _local.file = None
+    return _local.file
+
+
 def _encode(img: Image.Image, cfg: ImageConfig) -> bytes:
-    buf = io.BytesIO()
     fmt = FORMATS[cfg.encode_format]
     if fmt == "JPEG":
-        img.save(buf, "JPEG", quality=cfg.encode_quality)
+        opts = {"quality": cfg.encode_quality}
     elif fmt == "PNG":
-        img.save(buf, "PNG", compress_level=cfg.png_compression)
+        opts = {"compress_level": cfg.png_compression}
     else:
-        img.save(buf, "WEBP", quality=cfg.encode_quality, method=4)
-    return buf.getvalue()
+        opts = {"quality": cfg.encode_quality, "method": 4}
+    f = _scratch()
+    if f is None:
+        buf = io.BytesIO()
+        img.save(buf, fmt, **opts)
+        return buf.getvalue()
+    f.seek(0)
+    f.truncate()
+    img.save(f, fmt, **opts)
+    f.seek(0)
+    return f.read()
 
 
 def process(body: bytes, cfg: ImageConfig | None = None) -> ImageResult:

@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from mmdata.models.device import free_cache, is_oom, keep_freed_memory, pick_device, pick_dtype
+from mmdata.memory import keep_freed_memory
+from mmdata.models.device import free_cache, is_oom, pick_device, pick_dtype
 
 log = logging.getLogger(__name__)
 

@@ -70,25 +70,3 @@ def free_cache(device: str) -> None:
         torch.cuda.empty_cache()
     elif device == "mps" and hasattr(torch, "mps"):
         torch.mps.empty_cache()
-
-
-def keep_freed_memory(mmap_threshold: int = 64 << 20, trim_threshold: int = 256 << 20) -> bool:
-    """Let glibc reuse freed activation buffers instead of handing them back to the OS.
-
-    CPU inference frees and reallocates the same tens of MB per layer. Dask workers start with
-    MALLOC_TRIM_THRESHOLD_=65536, which also freezes glibc's mmap threshold at 128 KiB, so every
-    such tensor is a fresh mmap whose pages fault in one by one: measured here, a ViT-B/32 forward
-    took 20x the page faults, 10x the system time and about twice the wall time. Raising both
-    thresholds keeps buffers up to `mmap_threshold` in the heap. Linux/glibc only; False elsewhere.
-    """
-    import ctypes
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):  # musl and friends
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from malloc.h
-    return bool(mallopt(m_mmap_threshold, mmap_threshold)) and bool(mallopt(m_trim_threshold, trim_threshold))

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mmdata.memory import keep_freed_memory
 from mmdata.models.clip import Preprocess, open_image
-from mmdata.models.device import keep_freed_memory
 
 log = logging.getLogger(__name__)
 

@@ -112,7 +112,7 @@ class Download(Stage):
         todo = [i for i in range(n) if prev is None or failed(prev["status"].iat[i])]
         records: list[dict | None] = [None] * n
         old_samples = io.read_shard(tar_url) if prev is not None and io.exists(tar_url) else iter(())
-        sink = io.TarSink(tar_url)
+        sink = io.TarSink(tar_url, checksum=False)
         writer = _InOrder(shard.id, n, sink, old_samples)
         if prev is not None:
             again = set(todo)
@@ -120,12 +120,12 @@ class Download(Stage):
                 if i not in again:
                     records[i] = {k: _plain(v) for k, v in rec.items()}
                     writer.ready(i, _OLD if rec["status"] == "success" else None)
-        urls = [(i, rows["url"].iat[i]) for i in todo]
+        cols = {c: rows[c].tolist() for c in ("url", "caption", *carried)}  # row access by position is slow in pandas
+        urls = [(i, cols["url"][i]) for i in todo]
         fetched = {"bytes": 0, "requests": 0}
 
         def emit(i: int, r: FetchResult, img: images.ImageResult | None) -> None:
-            base = {"key": f"{shard.id}{i:04d}", "url": _plain(rows["url"].iat[i]), "caption": _plain(rows["caption"].iat[i]),
-                    **{c: _plain(rows[c].iat[i]) for c in carried}}
+            base = {"key": f"{shard.id}{i:04d}", **{c: _plain(v[i]) for c, v in cols.items()}}
             rec = _record(base, r, img)
             records[i] = rec
             fetched["bytes"] += len(r.body or b"")

@@ -95,10 +95,10 @@ def read_records(shard: Shard, cfg) -> Iterator[warc.Record]:
         for f in src.split("\n"):
             yield warc.read_html(f)
     else:
-        from mmdata.fetch import fetch_all
+        from mmdata.fetch import ACCEPT_PAGES, fetch_all
 
         urls = warc.read_url_list(src)[int(shard.urls["start"]) : int(shard.urls["stop"])]
-        yield from warc.fetch_pages(urls, lambda u: fetch_all(u, cfg.fetch))
+        yield from warc.fetch_pages(urls, lambda u: fetch_all(u, cfg.fetch, ACCEPT_PAGES))
 
 
 def rules(cfg: ExtractConfig) -> htmlmod.Rules:

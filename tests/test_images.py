@@ -122,3 +122,22 @@ def test_resample_filters_are_configurable():
     assert np.abs(outs["area"] - outs["lanczos"]).mean() < 8  # both faithful to the same picture
     up = process(encoded(60, 40, "PNG"), ImageConfig(image_size=80, encode_format="png", upscale_filter="bilinear"))
     assert up.ok and (up.width, up.height) == (120, 80)
+
+
+def test_encoding_is_the_same_from_every_thread(monkeypatch):
+    """Encoders write into a per-thread memory file (so Pillow drops the GIL). The bytes must equal
+    Pillow's in-memory encoding, with concurrent threads never seeing each other's output."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mmdata import images
+
+    bodies = [encoded(300 + 7 * i, 200 + 5 * i) for i in range(24)]
+    for fmt in ("jpg", "png", "webp"):
+        cfg = ImageConfig(image_size=128, resize_mode="keep_ratio", encode_format=fmt)
+        with ThreadPoolExecutor(4) as pool:
+            threaded = [r.data for r in pool.map(process, bodies, [cfg] * len(bodies))]
+        with monkeypatch.context() as m:
+            m.setattr(images, "_scratch", lambda: None)  # the portable path: BytesIO
+            plain = [process(b, cfg).data for b in bodies]
+        assert all(threaded) and threaded == plain, fmt
+        assert len(set(threaded)) == len(bodies)

@@ -1,6 +1,7 @@
 """Shard I/O over fsspec: atomic rolling writes, brace patterns, local / s3:// / http:// reads,
 and the readers users bring (webdataset, datasets)."""
 
+import hashlib
 import io
 import json
 import tarfile
@@ -69,6 +70,11 @@ def test_tar_bytes_equal_tarfile_pax_output(tmp_path):
     ours = (tmp_path / "ours.tar").read_bytes()
     assert ours == (tmp_path / "ref.tar").read_bytes()
     assert sink.info.bytes == len(ours)
+    assert sink.info.sha256 == hashlib.sha256(ours).hexdigest()
+    with sio.TarSink(str(tmp_path / "unhashed.tar"), checksum=False) as fast:
+        for s_ in samples:
+            fast.write(s_)
+    assert (tmp_path / "unhashed.tar").read_bytes() == ours and fast.info.sha256 is None
     assert [x["__key__"] for x in sio.read_shard(str(tmp_path / "ours.tar"))] == ["000000001", "k" * 120, "cafe", "000000002"]
 
 

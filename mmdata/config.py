@@ -428,6 +428,7 @@ class ClipScoreConfig(Strict):
     batch_size: int = Field(256, ge=1, description="images per forward; halves on out-of-memory")
     decode_threads: int = Field(4, ge=1, description="threads decoding and resizing images ahead of the model")
     torch_threads: int | None = Field(None, ge=1, description="torch CPU threads per worker; default torch's (1 in a Dask worker)")
+    overlap_decode: bool | None = Field(None, description="decode the next batches while the model runs; default: on accelerators, not on CPU")
     max_tokens: int | None = Field(None, ge=1, description="caption truncation; default the model's text length")
     embeddings: bool = Field(True, description="write {id}.emb.npz: float16 image and text embeddings with the keys")
     synthetic: bool = Field(True, description="also score `synthetic_caption` (VeCap) where the input has one")

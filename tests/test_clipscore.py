@@ -250,11 +250,12 @@ def test_embeddings_are_saved_with_their_keys(scored):
 
 
 def test_one_worker_resumed_after_a_kill_gives_the_same_result(scored, tmp_path, downloaded, tiny_clip):
+    """Also the accelerator's schedule (decoding overlapped with the model) on CPU: the same scores."""
     pipe2, _ = scored
     work = tmp_path / "w"
     path = tmp_path / "r.yaml"
-    path.write_text(json.dumps(recipe(work, downloaded, tiny_clip, top_fraction=0.5, batch_size=4,
-                                      decode_threads=1).model_dump(mode="json", exclude_none=True)))
+    path.write_text(json.dumps(recipe(work, downloaded, tiny_clip, top_fraction=0.5, batch_size=4, decode_threads=1,
+                                      overlap_decode=True).model_dump(mode="json", exclude_none=True)))
     out = work / "clipscore"
     ids = ShardSet(pipe2.download.output).ids()
     proc = subprocess.Popen([sys.executable, "-m", "mmdata", "clipscore", "-c", str(path), "--workers", "1"],

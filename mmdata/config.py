@@ -40,6 +40,8 @@ class EngineConfig(Strict):
     memory_limit: str = "auto"
     retries: int = Field(2, ge=0, description="extra attempts for a failing shard task")
     progress: bool = True
+    task_profiler: bool = Field(False, description="Dask's statistical profiler in the LocalCluster's workers "
+                                "(dashboard 'Profile'); it samples task threads every 10 ms, costing 1-2% of a stage")
 
 
 class CheckConfig(Strict):

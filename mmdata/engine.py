@@ -138,7 +138,10 @@ def cluster(cfg: EngineConfig) -> Iterator[Any]:
         with Client(cfg.scheduler, timeout="30s") as client:
             yield client
         return
+    import dask
+
     with (
+        dask.config.set({"distributed.worker.profile.enabled": cfg.task_profiler}),
         LocalCluster(
             n_workers=cfg.n_workers,
             threads_per_worker=cfg.threads_per_worker,

@@ -79,6 +79,20 @@ def test_setup_runs_once_per_worker(tmp_path, client):
     assert len(pids) == len(set(pids)) <= 2  # one set-up per worker process, not per shard
 
 
+def test_local_workers_skip_the_task_profiler_unless_asked(client):
+    import dask
+
+    from mmdata.config import EngineConfig
+    from mmdata.engine import cluster
+
+    def profiling():
+        return dask.config.get("distributed.worker.profile.enabled")
+
+    assert set(client.run(profiling).values()) == {False}
+    with cluster(EngineConfig(n_workers=1, progress=False, task_profiler=True)) as c:
+        assert set(c.run(profiling).values()) == {True}
+
+
 def test_sigkill_midway_then_resume_loses_and_duplicates_nothing(tmp_path):
     make_pairs(str(tmp_path / "in"), n_shards=12, per=4, fail_every=0)
     out = tmp_path / "copy"

@@ -458,8 +458,9 @@ class Fetcher:
                     length = resp.content_length
                     if length is not None and length > cfg.max_bytes:
                         raise _Fail(FAILED, f"body of {length} bytes > max_bytes {cfg.max_bytes}", http_status=resp.status, url=url)
-                    if length is not None:  # aiohttp stops at Content-Length and fails a shorter body
-                        return await resp.read()
+                    if length is not None and resp.headers.get("Content-Encoding", "identity").lower() == "identity":
+                        return await resp.read()  # at most Content-Length bytes; a shorter body fails
+                    # compressed (a small length may inflate without bound) or of unknown length
                     body = bytearray()
                     async for chunk in resp.content.iter_chunked(1 << 16):
                         body += chunk

@@ -40,6 +40,7 @@ def test_fault_modes(server):
         "loop": (fault_url(H2, "redirect_loop", "f.jpg"), "failed_to_download"),
         "oversized": (fault_url(H2, "oversized", "g.jpg", mb=3), "failed_to_download"),
         "oversized_chunked": (fault_url(H2, "oversized", "h.jpg", mb=3, chunked=1), "failed_to_download"),
+        "gzip_bomb": (fault_url(H2, "gzip_bomb", "h2.jpg", mb=3), "failed_to_download"),
         "noai": (fault_url(H2, "noai", "i.jpg"), "skipped_x_robots_tag"),
         "slow": (fault_url(H2, "slow_first_byte", "j.jpg", delay=4), "failed_to_download"),
         "drip": (fault_url(H2, "slow_drip", "k.jpg", seconds=0.5, chunks=5), "success"),
@@ -60,6 +61,7 @@ def test_fault_modes(server):
     assert got["redirect"].final_url.endswith("hops=0")
     assert "too many redirects" in got["loop"].error_message
     assert "max_bytes" in got["oversized"].error_message and "max_bytes" in got["oversized_chunked"].error_message
+    assert "body larger than max_bytes" in got["gzip_bomb"].error_message  # inflated size, not Content-Length
     assert "read timeout" in got["slow"].error_message
     assert got["noai"].error_message == "X-Robots-Tag: noai"
     stats = server.stats()

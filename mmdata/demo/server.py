@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
 import json
 import os
 import socket
@@ -104,7 +105,7 @@ class DemoSite:
             im.render(im.Concept("circle", "blue", 1, "white", "plain"), 256, 256, im.seeded_rng(0)), "JPEG"
         )
         self.standins: dict[tuple[str, str], tuple[bytes, str]] = {}
-        self.bombs: dict[int, bytes] = {}
+        self.bombs: dict = {}  # side or ("gzip", size) -> body, built once
         self.reset()
 
     def reset(self) -> None:
@@ -221,6 +222,11 @@ class DemoSite:
                 + [_ZEROS[: (total - len(body)) % len(_ZEROS)]]
             )
             return await self._stream(request, ctype, None if chunked else total, pieces)
+        if mode == "gzip_bomb":
+            total = int(float(params.get("mb", 64)) * 2**20)
+            if ("gzip", total) not in self.bombs:
+                self.bombs[("gzip", total)] = gzip.compress(bytes(total), compresslevel=9)
+            return web.Response(body=self.bombs[("gzip", total)], headers={"Content-Type": ctype, "Content-Encoding": "gzip"})
         if mode == "noai":
             return web.Response(
                 body=body,

@@ -29,6 +29,8 @@ default image when there is none (so any ``<name>`` works). Modes and their para
                     beyond Pillow's decompression-bomb limit).
 ``oversized``       a body of ``mb`` MiB (default 64) starting with the image; ``chunked=1``
                     leaves out ``Content-Length``.
+``gzip_bomb``       ``Content-Encoding: gzip``: a small body that inflates to ``mb`` MiB of zeros
+                    (default 64); its ``Content-Length`` is the small size.
 ``noai``            the image with ``X-Robots-Tag: noai, noimageai`` (or ``value=...``).
 ==================  ========================================================================
 
@@ -68,6 +70,7 @@ FAULT_MODES = STATUS_MODES + (
     "redirect_loop",
     "bomb",
     "oversized",
+    "gzip_bomb",
     "noai",
 )
 # Modes whose bytes are a valid image that a patient, redirect-following downloader gets. `noai`

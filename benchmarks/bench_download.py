@@ -172,7 +172,7 @@ def run_case(name: str, corpus: Path, truth: pd.DataFrame, workers: int, tmp: Pa
 
         recipe = {"name": "bench", "workdir": str(tmp / "mmdata"),
                   "engine": {"n_workers": workers, "threads_per_worker": 1, "progress": False},
-                  "download": {"input": str(tmp / "urls.parquet"), "samples_per_shard": per_shard, "threads": 2,
+                  "download": {"input": str(tmp / "urls.parquet"), "samples_per_shard": per_shard,
                                "image": {"image_size": 256, "resize_mode": "keep_ratio", "encode_format": "jpg",
                                          "encode_quality": 95},
                                # one local server stands in for thousands of hosts: no per-host cap

@@ -114,7 +114,8 @@ class DownloadConfig(Strict):
     save_additional_columns: list[str] | None = Field(None, description="input columns carried to the metadata; None = all others")
     samples_per_shard: int = Field(10_000, ge=1, le=10_000, description="keys are {shard:05d}{index:04d}")
     output: str | None = Field(None, description="default {workdir}/download")
-    threads: int = Field(2, ge=1, description="image-processing threads per shard task")
+    threads: int = Field(0, ge=0, description="image-processing threads per shard task; 0: in the event loop's thread "
+                         "(fastest when each worker process has one core, the engine's default shape)")
     fetch: FetchConfig = FetchConfig()
     image: ImageConfig = ImageConfig()
 

@@ -52,7 +52,9 @@ def assert_valid(pipe: Pipeline, client):
     assert report.ok and report.totals()["count"] == report.totals()["successes"], report.totals()
 
 
-def test_fault_modes_through_the_stage(tmp_path, server, client):
+@pytest.mark.parametrize("threads", [0, 2])  # images processed in the event loop's thread, or in a pool
+def test_fault_modes_through_the_stage(tmp_path, server, client, threads):
+    server.reset()
     cases = [
         (f"http://{OTHER}/img/a.jpg", "success"),
         (fault_url(H1, "404", "a.jpg"), "failed_to_download"),
@@ -80,7 +82,7 @@ def test_fault_modes_through_the_stage(tmp_path, server, client):
     src.to_csv(tmp_path / "urls.csv.gz", index=False)
     (tmp_path / "opt_out.txt").write_text("# never fetch\noptout.example\n")
     cfg = recipe(tmp_path, server, tmp_path / "urls.csv.gz", url_col="URL", caption_col="alt",
-                 fetch={"max_bytes": 2**20, "opt_out": str(tmp_path / "opt_out.txt")})
+                 threads=threads, fetch={"max_bytes": 2**20, "opt_out": str(tmp_path / "opt_out.txt")})
     pipe = Pipeline.model_validate(cfg)
     report = download.run(pipe, client=client)
     assert report.ok and len(report.done) == 3  # 20 rows, 8 per shard

@@ -3,9 +3,13 @@
 1. Partition, once: the input rows are cut into shards of `samples_per_shard` and written to
    `{out}/_inputs/{id}.parquet`, then `_inputs/_manifest.json` (last, the done-marker). Every later
    run, resume and `--retry-failed` read exactly those rows.
-2. One engine task per shard: fetch (mmdata.fetch) and process (mmdata.images) every row, with
-   decoding in a thread pool overlapping the downloads, then write `{id}.tar` (successes only, in
-   key order), `{id}.parquet` (every input row, with status and error_message) and the stats.
+2. One engine task per shard: fetch (mmdata.fetch) and process (mmdata.images) every row, then
+   write `{id}.tar` (successes only, in key order), `{id}.parquet` (every input row, with status
+   and error_message) and the stats. Images are processed in the event loop's own thread
+   (`threads: 0`, the default): with one core per worker process, a decoding pool only adds GIL
+   hand-offs between it and the loop (measured: 6-9% fewer images/s). Responses queue in the
+   sockets meanwhile; timers run after the I/O that arrived, so no read times out because of it.
+   `threads: N` decodes in N threads beside the loop, for workers with N cores.
 3. `retry_failed=True`: for finished shards, only rows whose status starts with `failed_` are
    fetched again; successes and skips (robots, opt-out, filters...) are kept as they are, with
    their image bytes copied from the old tar. The shard's tar, parquet and stats are rewritten
@@ -155,12 +159,17 @@ class Download(Stage):
     async def _download(self, urls: list[tuple[int, str]], emit) -> int:
         cfg = self.cfg
         loop = asyncio.get_running_loop()
-        with ThreadPoolExecutor(cfg.threads, thread_name_prefix="mmdata-image") as pool:
+        with ThreadPoolExecutor(max(cfg.threads, 1), thread_name_prefix="mmdata-image") as pool:
             async with Fetcher(cfg.fetch) as fetcher:
 
                 async def one(i: int, url) -> None:
                     async with fetcher.fetching(url if isinstance(url, str) else "") as r:
-                        img = await loop.run_in_executor(pool, images.process, r.body, cfg.image) if r.ok else None
+                        if not r.ok:
+                            img = None
+                        elif cfg.threads:
+                            img = await loop.run_in_executor(pool, images.process, r.body, cfg.image)
+                        else:
+                            img = images.process(r.body, cfg.image)
                         emit(i, r, img)
 
                 await asyncio.gather(*(one(i, u) for i, u in urls))

@@ -146,6 +146,7 @@ class Policy:
             except ValueError:
                 self.allow_hosts.append(entry.lower())
         self.opt_domains, self.opt_prefixes = [], []
+        self._refusals: dict[str, tuple[str, str] | None] = {}
         for entry in load_opt_out(cfg.opt_out):
             entry = entry.strip()
             if "://" in entry:
@@ -160,8 +161,19 @@ class Policy:
                 raise ValueError(f"connect_to {pattern!r}: expected 'address:port' or 'http://address:port', got {target!r}")
             self.targets.append((pattern.lower(), addr.strip("[]"), int(port), plain))
 
-    def opted_out(self, url: str, host: str) -> bool:
-        return any(_domain_match(host, d) for d in self.opt_domains) or any(url.startswith(p) for p in self.opt_prefixes)
+    def refusal(self, host: str) -> tuple[str, str] | None:
+        """(status, message) refusing every URL of `host`, or None; decided once per host."""
+        if host not in self._refusals:
+            why = None
+            if any(_domain_match(host, d) for d in self.opt_domains):
+                why = (OPT_OUT, f"opt-out list covers {host}")
+            elif (literal := _ip(host)) is not None and not self.allowed(host, literal):
+                why = (SSRF, f"non-public address {host} (ssrf_guard; see fetch.allow)")
+            self._refusals[host] = why
+        return self._refusals[host]
+
+    def opted_out_url(self, url: str) -> bool:
+        return any(url.startswith(p) for p in self.opt_prefixes)
 
     def allowed(self, host: str, ip) -> bool:
         if not self.cfg.ssrf_guard or public(ip):
@@ -299,7 +311,6 @@ class Fetcher:
         self.policy = Policy(cfg)
         self.agent = cfg.user_agent.split("/")[0].split()[0].lower() if cfg.user_agent.strip() else "*"
         self._hosts: dict[str, _Host] = {}
-        self._verdicts: dict[str, _Fail | None] = {}  # host -> why it is refused (None: it is not)
         self._robots: dict[str, asyncio.Future] = {}
         self.requests = 0  # HTTP requests sent, robots.txt included
 
@@ -394,16 +405,9 @@ class Fetcher:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise _Fail(FAILED, f"redirect to a non-http(s) URL: {url[:200]}", url=url)
         host = parts.hostname.rstrip(".").lower()
-        if host not in self._verdicts:  # what depends on the host alone is decided once per host
-            verdict = None
-            if any(_domain_match(host, d) for d in self.policy.opt_domains):
-                verdict = _Fail(OPT_OUT, f"opt-out list covers {host}")
-            elif (literal := _ip(host)) is not None and not self.policy.allowed(host, literal):
-                verdict = _Fail(SSRF, f"non-public address {host} (ssrf_guard; see fetch.allow)")
-            self._verdicts[host] = verdict
-        if (verdict := self._verdicts[host]) is not None:
-            raise _Fail(verdict.status, verdict.message, url=url)
-        if self.policy.opt_prefixes and self.policy.opted_out(url, host):
+        if (why := self.policy.refusal(host)) is not None:
+            raise _Fail(*why, url=url)
+        if self.policy.opted_out_url(url):
             raise _Fail(OPT_OUT, f"opt-out list covers {host}", url=url)
         return host, parts.netloc.lower()
 

@@ -105,7 +105,8 @@ class DemoSite:
             im.render(im.Concept("circle", "blue", 1, "white", "plain"), 256, 256, im.seeded_rng(0)), "JPEG"
         )
         self.standins: dict[tuple[str, str], tuple[bytes, str]] = {}
-        self.bombs: dict = {}  # side or ("gzip", size) -> body, built once
+        self.bombs: dict[int, bytes] = {}  # side -> PNG, built once
+        self.gzipped: dict[int, bytes] = {}  # inflated size -> gzip body, built once
         self.reset()
 
     def reset(self) -> None:
@@ -224,9 +225,9 @@ class DemoSite:
             return await self._stream(request, ctype, None if chunked else total, pieces)
         if mode == "gzip_bomb":
             total = int(float(params.get("mb", 64)) * 2**20)
-            if ("gzip", total) not in self.bombs:
-                self.bombs[("gzip", total)] = gzip.compress(bytes(total), compresslevel=9)
-            return web.Response(body=self.bombs[("gzip", total)], headers={"Content-Type": ctype, "Content-Encoding": "gzip"})
+            if total not in self.gzipped:
+                self.gzipped[total] = gzip.compress(bytes(total), compresslevel=9)
+            return web.Response(body=self.gzipped[total], headers={"Content-Type": ctype, "Content-Encoding": "gzip"})
         if mode == "noai":
             return web.Response(
                 body=body,

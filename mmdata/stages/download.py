@@ -24,6 +24,7 @@ import asyncio
 import math
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 
 import pandas as pd
 
@@ -159,17 +160,18 @@ class Download(Stage):
     async def _download(self, urls: list[tuple[int, str]], emit) -> int:
         cfg = self.cfg
         loop = asyncio.get_running_loop()
-        with ThreadPoolExecutor(max(cfg.threads, 1), thread_name_prefix="mmdata-image") as pool:
+        # threads: 0 -> no pool: images are processed right here, in the loop's thread
+        with ThreadPoolExecutor(cfg.threads, thread_name_prefix="mmdata-image") if cfg.threads else nullcontext() as pool:
             async with Fetcher(cfg.fetch) as fetcher:
 
                 async def one(i: int, url) -> None:
                     async with fetcher.fetching(url if isinstance(url, str) else "") as r:
                         if not r.ok:
                             img = None
-                        elif cfg.threads:
-                            img = await loop.run_in_executor(pool, images.process, r.body, cfg.image)
-                        else:
+                        elif pool is None:
                             img = images.process(r.body, cfg.image)
+                        else:
+                            img = await loop.run_in_executor(pool, images.process, r.body, cfg.image)
                         emit(i, r, img)
 
                 await asyncio.gather(*(one(i, u) for i, u in urls))

@@ -222,4 +222,27 @@ def show_config(config: Config, sets: Sets = None):
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    app()
+    try:
+        app()
+    except SystemExit as e:  # how typer ends every command
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if not isinstance(e.code, int | None):
+            print(e.code, file=sys.stderr)
+    else:
+        code = 0
+    exit_now(code)
+
+
+def exit_now(code: int) -> None:
+    """Exit without the interpreter's teardown: every output is written and closed by now, and
+    freeing the heap of Dask, pandas and the stage modules object by object took 0.25 s, 4% of a
+    3000-image download on 2 cores."""
+    import os
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (`| head`) or stream
+            pass
+    os._exit(code)

@@ -35,6 +35,9 @@ from mmdata.config import ImageConfig
 FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 FILTERS = {"area": Image.Resampling.BOX, "bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
            "lanczos": Image.Resampling.LANCZOS}
+# Pillow imports its ~40 format plugins at the first image that is not JPEG/PNG/GIF/BMP/PPM, mid-
+# shard; done at import, forked workers inherit them.
+Image.init()
 _TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 _EXIF_SKIP = {"MakerNote", "UserComment", "PrintImageMatching", "ComponentsConfiguration"}
 

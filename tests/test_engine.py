@@ -77,6 +77,10 @@ def test_setup_runs_once_per_worker(tmp_path, client):
     assert report.ok and len(report.done) == 8
     pids = log.read_text().split()
     assert len(pids) == len(set(pids)) <= 2  # one set-up per worker process, not per shard
+    # what set-up left behind is frozen out of the cyclic collector's walks
+    import gc
+
+    assert all(n > 10_000 for n in client.run(gc.get_freeze_count).values())
 
 
 def test_local_workers_skip_the_task_profiler_unless_asked(client):
@@ -91,6 +95,32 @@ def test_local_workers_skip_the_task_profiler_unless_asked(client):
     assert set(client.run(profiling).values()) == {False}
     with cluster(EngineConfig(n_workers=1, progress=False, task_profiler=True)) as c:
         assert set(c.run(profiling).values()) == {True}
+
+
+def test_workers_fork_only_from_a_process_without_torch(tmp_path, monkeypatch):
+    import types
+
+    from mmdata import engine
+    from mmdata.engine import cluster, start_method
+
+    linux = sys.platform.startswith("linux")
+    monkeypatch.delitem(sys.modules, "torch", raising=False)
+    assert start_method(EngineConfig()) == ("fork" if linux else "spawn")
+    monkeypatch.setitem(sys.modules, "torch", types.ModuleType("torch"))  # may hold CUDA or OpenMP state
+    assert start_method(EngineConfig()) == "spawn"
+    assert start_method(EngineConfig(start_method="forkserver")) == "forkserver"
+    if not linux:
+        return
+    # a forked worker starts from this process's memory; a spawned one imports anew
+    make_pairs(str(tmp_path / "in"), n_shards=2, per=3, fail_every=0)
+    monkeypatch.setattr(engine, "_probe", f"set-in-{os.getpid()}", raising=False)
+    for method, seen in (("fork", f"set-in-{os.getpid()}"), ("spawn", None)):
+        with cluster(EngineConfig(n_workers=1, progress=False, start_method=method)) as c:
+            probe = c.run(lambda: getattr(sys.modules.get("mmdata.engine"), "_probe", None))
+            assert list(probe.values()) == [seen], method
+            report = run(Copy(), ShardSet(str(tmp_path / "in")).shards(), str(tmp_path / method), client=c)
+            assert report.ok and len(report.done) == 2
+    assert all_keys(tmp_path / "fork") == all_keys(tmp_path / "spawn") == all_keys(tmp_path / "in")
 
 
 def test_sigkill_midway_then_resume_loses_and_duplicates_nothing(tmp_path):

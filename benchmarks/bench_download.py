@@ -101,11 +101,16 @@ def steady_rate(folder: Path, start: str, end: str) -> float:
     return sum(s["successes"] for s in stats) / window
 
 
+_CEILING_CFG = None
+
+
 def _process_file(path: str) -> bool:
+    global _CEILING_CFG
     from mmdata.config import ImageConfig
     from mmdata.images import process
 
-    return process(Path(path).read_bytes(), ImageConfig(image_size=256, resize_mode="keep_ratio")).ok
+    _CEILING_CFG = _CEILING_CFG or ImageConfig(image_size=256, resize_mode="keep_ratio")  # built once per process, as the stage does
+    return process(Path(path).read_bytes(), _CEILING_CFG).ok
 
 
 def ceiling(files: list[Path], workers: int) -> float:
@@ -178,11 +183,12 @@ def run_case(name: str, corpus: Path, truth: pd.DataFrame, workers: int, tmp: Pa
                 f"number_sample_per_shard={per_shard}, distributor='multiprocessing', enable_wandb=False)"
             )]
             cpu0 = sum(server.cpu_times()[:2])
-            wall, mem, _ = timed(i2d, env)
+            i2d_wall, mem, _ = timed(i2d, env)
             cpu1 = sum(server.cpu_times()[:2])
             ok["img2dataset"] = successes(i2d_out)
-            keep("img2dataset wall", ok["img2dataset"] / wall)
-            keep("img2dataset steady", steady_rate(i2d_out, "start_time", "end_time"))
+            i2d_steady = steady_rate(i2d_out, "start_time", "end_time")
+            keep("img2dataset wall", ok["img2dataset"] / i2d_wall)
+            keep("img2dataset steady", i2d_steady)
             peak["img2dataset"] = max(peak["img2dataset"], mem)
 
             workdir = tmp / f"mmdata-{r}"
@@ -195,17 +201,21 @@ def run_case(name: str, corpus: Path, truth: pd.DataFrame, workers: int, tmp: Pa
                                    # here, as img2dataset has none
                                    "fetch": {"allow": ["127.0.0.1"], "concurrency": 64, "per_host": 64}}}
             (tmp / "bench.yaml").write_text(yaml.safe_dump(recipe))
-            wall, mem, _ = timed([PY, "-m", "mmdata", "download", "--config", str(tmp / "bench.yaml")])
+            mm_wall, mem, _ = timed([PY, "-m", "mmdata", "download", "--config", str(tmp / "bench.yaml")])
             cpu2 = sum(server.cpu_times()[:2])
             ok["mmdata"] = successes(workdir / "download")
-            keep("mmdata wall", ok["mmdata"] / wall)
-            keep("mmdata steady", steady_rate(workdir / "download", "started", "finished"))
+            mm_steady = steady_rate(workdir / "download", "started", "finished")
+            keep("mmdata wall", ok["mmdata"] / mm_wall)
+            keep("mmdata steady", mm_steady)
             peak["mmdata"] = max(peak["mmdata"], mem)
             server_cpu["img2dataset"] += (cpu1 - cpu0) / rounds
             server_cpu["mmdata"] += (cpu2 - cpu1) / rounds
-            keep("ceiling", ceiling(files, workers))
+            keep("ceiling", ceil := ceiling(files, workers))
+            print(f"  round {r + 1}: img2dataset {ok['img2dataset'] / i2d_wall:.1f} images/s (steady {i2d_steady:.1f}), "
+                  f"mmdata {ok['mmdata'] / mm_wall:.1f} (steady {mm_steady:.1f}), ceiling {ceil:.1f}", flush=True)
 
     ceil = best["ceiling"]
+    print("best of the rounds:")
     for tool in ("img2dataset", "mmdata"):
         label = "img2dataset 1.47.0" if tool == "img2dataset" else "mmdata download   "
         print(f"{label} : {best[tool + ' wall']:7.1f} images/s  successes {ok[tool]}/{len(urls)}  "
@@ -226,7 +236,7 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=3000)  # enough that start-up is not the story
     ap.add_argument("--photos", type=int, default=800, help="web-photo-sized images in the second case (0: skip)")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=2, help="runs of each tool, alternating; best of them reported")
+    ap.add_argument("--rounds", type=int, default=3, help="runs of each tool, alternating; best of them reported")
     args = ap.parse_args()
     ensure_img2dataset()
 

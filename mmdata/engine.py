@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import threading
 import time
 import traceback
@@ -93,6 +94,7 @@ def _stage_on_worker(stage: Stage, token: str) -> Stage:
     with _ready_lock:
         if not _ready:  # first task in this process
             keep_freed_memory()
+            _size_native_pools()
         if token not in _ready:
             stage.setup()
             _ready[token] = stage
@@ -101,6 +103,18 @@ def _stage_on_worker(stage: Stage, token: str) -> Stage:
             # download stage's CPU, whose HTTP client allocates a lot of short-lived objects per image.
             gc.freeze()
         return _ready[token]
+
+
+def _size_native_pools() -> None:
+    """BLAS pools as big as this worker's environment says (Dask gives each worker
+    OMP_NUM_THREADS=1 and friends). A forked worker inherits the pools its parent sized for the
+    whole machine, and n_workers of them would oversubscribe every core. (OpenMP's count is per
+    thread and fixed when the library loads: one reason `auto` does not fork once torch is in.)"""
+    limit = os.environ.get("OMP_NUM_THREADS", "")
+    if limit.isdigit() and int(limit) > 0:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(int(limit))
 
 
 def stats_url(out: str, shard_id: str) -> str:
@@ -276,7 +290,6 @@ def _sweep_temp(out: str, ids: list[str]) -> None:
     if not io.is_local(out):
         return
     import glob
-    import os
 
     folder = io.fs_path(out)[1]
     for sid in ids:

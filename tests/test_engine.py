@@ -120,6 +120,11 @@ def test_workers_fork_only_from_a_process_without_torch(tmp_path, monkeypatch):
             assert list(probe.values()) == [seen], method
             report = run(Copy(), ShardSet(str(tmp_path / "in")).shards(), str(tmp_path / method), client=c)
             assert report.ok and len(report.done) == 2
+            # one BLAS thread per worker either way, not the parent's machine-wide pool (OpenMP's
+            # thread count is per thread and set at load: the reason `auto` spawns once torch is in)
+            pools = c.run(lambda: {p["num_threads"] for p in __import__("threadpoolctl").threadpool_info()
+                                   if p["user_api"] == "blas"})
+            assert list(pools.values()) == [{1}], method
     assert all_keys(tmp_path / "fork") == all_keys(tmp_path / "spawn") == all_keys(tmp_path / "in")
 
 

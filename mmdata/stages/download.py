@@ -8,8 +8,8 @@
    and error_message) and the stats. Images are processed in the event loop's own thread
    (`threads: 0`, the default), a batch of whatever arrived at a time: with one core per worker
    process, a decoding pool only adds GIL hand-offs between it and the loop (measured: 6-9% fewer
-   images/s). Responses queue in the
-   sockets meanwhile; timers run after the I/O that arrived, so no read times out because of it.
+   images/s). Responses queue in the sockets meanwhile; timers run after the I/O that arrived, so
+   no read times out because of it.
    `threads: N` decodes in N threads beside the loop, for workers with N cores.
 3. `retry_failed=True`: for finished shards, only rows whose status starts with `failed_` are
    fetched again; successes and skips (robots, opt-out, filters...) are kept as they are, with

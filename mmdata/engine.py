@@ -171,20 +171,20 @@ def cluster(cfg: EngineConfig) -> Iterator[Any]:
         return
     import dask
 
-    with (
-        dask.config.set({"distributed.worker.profile.enabled": cfg.task_profiler,
-                         "distributed.worker.multiprocessing-method": start_method(cfg)}),
-        LocalCluster(
-            n_workers=cfg.n_workers,
-            threads_per_worker=cfg.threads_per_worker,
-            processes=cfg.processes,
-            memory_limit=cfg.memory_limit,
-            dashboard_address=":0",  # a fixed port would collide between concurrent runs
-            silence_logs=logging.ERROR,
-        ) as local,
-        Client(local) as client,
-    ):
-        yield client
+    with dask.config.set({"distributed.worker.profile.enabled": cfg.task_profiler}):
+        # Forking is for start-up only. A worker restarted mid-run is spawned: by then this process
+        # also runs progress bars and client threads, and a child could inherit one of their locks held.
+        with dask.config.set({"distributed.worker.multiprocessing-method": start_method(cfg)}):
+            local = LocalCluster(
+                n_workers=cfg.n_workers,
+                threads_per_worker=cfg.threads_per_worker,
+                processes=cfg.processes,
+                memory_limit=cfg.memory_limit,
+                dashboard_address=":0",  # a fixed port would collide between concurrent runs
+                silence_logs=logging.ERROR,
+            )
+        with local, Client(local) as client:
+            yield client
 
 
 @dataclass

@@ -125,6 +125,10 @@ def test_workers_fork_only_from_a_process_without_torch(tmp_path, monkeypatch):
             pools = c.run(lambda: {p["num_threads"] for p in __import__("threadpoolctl").threadpool_info()
                                    if p["user_api"] == "blas"})
             assert list(pools.values()) == [{1}], method
+            if method == "fork":  # a worker restarted mid-run is spawned, away from this process's threads
+                c.restart_workers(list(c.scheduler_info()["workers"]))
+                probe = c.run(lambda: getattr(sys.modules.get("mmdata.engine"), "_probe", None))
+                assert list(probe.values()) == [None]
     assert all_keys(tmp_path / "fork") == all_keys(tmp_path / "spawn") == all_keys(tmp_path / "in")
 
 

@@ -55,8 +55,9 @@ class CheckConfig(Strict):
 
 
 class FetchConfig(Strict):
-    PACE = frozenset({"concurrency", "per_host", "user_agent", "connect_to"})
     """HTTP fetching (mmdata.fetch): limits, politeness and safety. Used by download and interleaved."""
+
+    PACE = frozenset({"concurrency", "per_host", "user_agent", "connect_to"})
 
     concurrency: int = Field(64, ge=1, description="requests in flight (plus fetched bodies awaiting processing)")
     per_host: int = Field(8, ge=1, description="requests in flight per host (host:port)")
@@ -108,8 +109,9 @@ class ImageConfig(Strict):
 
 
 class DownloadConfig(Strict):
-    PACE = frozenset({"threads"})
     """The `download` stage: image-caption pairs from URL lists into img2dataset-style shards."""
+
+    PACE = frozenset({"threads"})
 
     input: str | list[str] = Field(..., description="file, folder, glob or brace pattern (local or fsspec URL)")
     input_format: Literal["auto", "parquet", "csv", "tsv", "jsonl", "json", "txt"] = "auto"

@@ -183,11 +183,13 @@ class Policy:
         check = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped else ip
         return any(check in net for net in self.allow_nets if net.version == check.version)
 
+    def _target(self, host: str) -> tuple[str, int, bool] | None:
+        """(address, port, plain HTTP) of the first connect_to entry matching `host`."""
+        return next(((addr, port, plain) for pattern, addr, port, plain in self.targets if _host_match(host, pattern)), None)
+
     def target(self, host: str) -> tuple[str, int] | None:
-        for pattern, addr, port, _ in self.targets:
-            if _host_match(host, pattern):
-                return addr, port
-        return None
+        found = self._target(host)
+        return found[:2] if found else None
 
     def wire(self, url: str) -> str:
         """The URL put on the wire: an https URL of a plain-HTTP mirror's host goes out as http."""
@@ -196,14 +198,11 @@ class Policy:
         parts = urlsplit(url)
         if parts.scheme != "https" or not parts.hostname:
             return url
-        host = parts.hostname.rstrip(".").lower()
-        for pattern, _, port, plain in self.targets:
-            if _host_match(host, pattern):
-                if not plain:
-                    return url
-                netloc = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-                return parts._replace(scheme="http", netloc=f"{netloc}:{port}").geturl()
-        return url
+        found = self._target(parts.hostname.rstrip(".").lower())
+        if not found or not found[2]:
+            return url
+        netloc = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        return parts._replace(scheme="http", netloc=f"{netloc}:{found[1]}").geturl()
 
 
 class _Resolver(AbstractResolver):

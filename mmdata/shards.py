@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 TAR_MTIME = 0  # fixed so that identical samples give identical shard bytes
 META_KEYS = ("__key__", "__url__")
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
 
 class ShardError(Exception):
@@ -285,6 +286,12 @@ def read_shards(patterns: str | Iterable[str]) -> Iterator[dict]:
     """Every sample of every shard named by `patterns` (local, s3://, http://, brace patterns)."""
     for url in expand(patterns):
         yield from read_shard(url)
+
+
+def image_member(sample: dict, index: int | None = None) -> bytes | None:
+    """A sample's image bytes (`jpg`, `png`, ...), or an interleaved slot's (`{index}.jpg`); None if absent."""
+    prefix = "" if index is None else f"{index}."
+    return next((sample[prefix + e] for e in IMAGE_EXTS if prefix + e in sample), None)
 
 
 def decode(sample: dict) -> dict:

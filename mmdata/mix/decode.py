@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mmdata.config import MixDecodeConfig
-
-IMAGE_EXTS = ("jpg", "png", "webp", "jpeg")
+from mmdata.shards import IMAGE_EXTS, image_member
 
 
 @dataclass
@@ -58,11 +57,6 @@ def _text(sample: dict, record: dict) -> str:
     if "txt" in sample:
         return sample["txt"].decode("utf-8", "replace")
     return record.get("caption") or record.get("text") or ""
-
-
-def image_member(sample: dict, index: int | None = None) -> bytes | None:
-    prefix = "" if index is None else f"{index}."
-    return next((sample[prefix + e] for e in IMAGE_EXTS if prefix + e in sample), None)
 
 
 def estimate_tokens(sample: dict, cfg: MixDecodeConfig) -> int:

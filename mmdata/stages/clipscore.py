@@ -35,11 +35,11 @@ from mmdata import shards as sio
 from mmdata.config import ClipScoreConfig, Pipeline
 from mmdata.engine import Report, Shard, Stage, cluster, digest
 from mmdata.engine import run as run_stage
+from mmdata.models.clip import cosine
 from mmdata.store import ShardSet, kept, table
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 BINS = 1 << 16  # histogram resolution over [-1, 1]: ~3e-5 wide, so pass 2 reads very few values
 # per-sample statuses that mean the record cannot be kept, and the drop reason each gives
 REASONS = {"skipped_no_caption": "no_caption", "failed_to_decode": "undecodable_image",
@@ -138,11 +138,11 @@ class ClipScore(Stage):
                 if captions[i] is None or not captions[i].strip():
                     status[i] = "skipped_no_caption"
                     continue
-                ext = next((e for e in IMAGE_EXTS if e in sample), None)
-                if ext is None:
+                data = sio.image_member(sample)
+                if data is None:
                     continue
                 seen.add(key)
-                yield key, sample[ext]
+                yield key, data
 
         seen: set[str] = set()
         score = np.full(n, np.nan, dtype=np.float32)
@@ -169,7 +169,7 @@ class ClipScore(Stage):
             idx = [i for i, _ in good]
             t0 = time.perf_counter()
             img, txt = enc.embed_pairs([a for _, a in good], [captions[i] for i in idx])
-            score[idx] = np.einsum("nd,nd->n", img, txt)
+            score[idx] = cosine(img, txt)
             emb_keys += [keys[i] for i in idx]
             emb_img.append(img.astype(np.float16))
             emb_txt.append(txt.astype(np.float16))
@@ -178,7 +178,7 @@ class ClipScore(Stage):
                 with_syn = [j for j, i in enumerate(idx) if synthetic[i]]
                 if with_syn:
                     syn[with_syn] = enc.embed_texts([synthetic[idx[j]] for j in with_syn])
-                    syn_score[[idx[j] for j in with_syn]] = np.einsum("nd,nd->n", img[with_syn], syn[with_syn])
+                    syn_score[[idx[j] for j in with_syn]] = cosine(img[with_syn], syn[with_syn])
                 emb_syn.append(syn.astype(np.float16))
             model_s += time.perf_counter() - t0
         for i in range(n):  # a `success` row whose sample the tar lacks

@@ -30,7 +30,6 @@ from mmdata.engine import Report, Shard, Stage, stats_url
 from mmdata.engine import run as run_stage
 from mmdata.store import ShardSet
 
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 # rule order: the funnel counts each dropped record under the first rule it fails
 RULES = ("not_downloaded", "undecodable", "lang_not_allowed", "too_few_words", "too_few_chars", "too_small",
          "extreme_aspect", "uninformative")
@@ -179,9 +178,8 @@ class Filter(Stage):
         images: dict[str, bytes] = {}
         if sio.exists(shard.urls["tar"]):
             for sample in sio.read_shard(shard.urls["tar"]):
-                ext = next((e for e in IMAGE_EXTS if e in sample), None)
-                if ext:
-                    images[sample["__key__"]] = sample[ext]
+                if (data := sio.image_member(sample)) is not None:
+                    images[sample["__key__"]] = data
         m = measure(meta, images, self.cfg)
         m["drop_reason"] = decide(m, self.cfg)
         sio.write_parquet(sio.join(out, f"{shard.id}.parquet"), m)

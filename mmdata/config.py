@@ -227,8 +227,11 @@ class ExtractConfig(Strict):
 
     main_content: bool = Field(True, description="walk only the main <article>/<main> container when there is one")
     srcset_width: int = Field(1024, ge=1, description="srcset: the smallest candidate at least this wide, else the largest")
-    boilerplate: list[str] | None = Field(None, description="class/id words of removed blocks (regex parts); None = built-in list")
+    boilerplate: list[str] | None = Field(None, description="class/id words of removed blocks (a word of 5+ letters also matches as the start or end of a compound); None = built-in list")
     boilerplate_max_share: float = Field(0.5, ge=0, le=1, description="a block with this share of the container's text is never boilerplate")
+    content_share: float = Field(0.8, gt=0, le=1, description="main container: descend into a child holding this share of the prose")
+    max_link_share: float | None = Field(0.5, gt=0, le=1, description="a run of min_links+ links making up this share of a block's text is a link list (removed); null keeps them")
+    min_links: int = Field(3, ge=2, description="links a block needs before it can be a link list")
     max_record_bytes: int = Field(10 * 2**20, ge=1, description="larger WARC records are skipped_too_large")
 
 

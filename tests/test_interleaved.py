@@ -203,3 +203,28 @@ def test_url_list_pages_fetched_politely(demo_docs, client, tmp_path):
         assert [u for u in got if u in t["images"]] == [u for u in t["images"] if u in got] and got
     seen = srv.stats()["by_url"]
     assert all(seen.get(t["url"], 0) == 1 for t in good) and seen.get(blocked, 0) == 0  # robots.txt honoured
+
+
+def test_image_used_twice_is_fetched_once_and_stored_once(demo_docs, client, tmp_path):
+    """An image used twice in an article stays in both places; it is fetched once and stored as one
+    member that both slots reference."""
+    root, srv = demo_docs
+    truth = [json.loads(line) for line in (root / "docs" / "truth.jsonl").read_text().splitlines()]
+    t = next(t for t in truth if t["lang"] == "en" and t["quality"] == "ok" and len(t["images"]) >= 2
+             and len(t["paragraphs"]) >= 3 and not t["near_dup_of"])
+    a, b = t["images"][:2]
+    p = t["paragraphs"]
+    (tmp_path / "twice.html").write_text(
+        f'<html><head><title>{t["title"]}</title><link rel="canonical" href="http://news.demo.mmdata.test/x/twice.html">'
+        f'</head><body><article><h1>{t["title"]}</h1><p>{p[0]}</p><img src="{a}" alt="first"><p>{p[1]}</p>'
+        f'<img src="{b}" alt="second"><p>{p[2]}</p><img src="{a}" alt="first, again"></article></body></html>')
+    srv.reset()
+    pipe = _pipe(tmp_path, srv, {"input": str(tmp_path / "twice.html")})
+    assert interleaved.run(pipe, client=client).ok
+    _, samples = _outputs(tmp_path / "interleaved")
+    (doc,) = samples
+    images = [x for x in doc["json"]["slots"] if x["type"] == "image"]
+    assert [x["url"] for x in images] == [a, b, a] and [x["index"] for x in images] == [0, 1, 0]
+    assert [x["alt"] for x in images] == ["first", "second", "first, again"]
+    assert sorted(k for k in doc if k[0].isdigit()) == sorted([f"0.{images[0]['ext']}", f"1.{images[1]['ext']}"])
+    assert srv.stats()["by_url"][a] == 1

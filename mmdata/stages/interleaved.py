@@ -103,7 +103,8 @@ def read_records(shard: Shard, cfg) -> Iterator[warc.Record]:
 
 def rules(cfg: ExtractConfig) -> htmlmod.Rules:
     kw = {"srcset_width": cfg.srcset_width, "main_content": cfg.main_content,
-          "boilerplate_max_share": cfg.boilerplate_max_share}
+          "boilerplate_max_share": cfg.boilerplate_max_share, "content_share": cfg.content_share,
+          "max_link_share": cfg.max_link_share, "min_links": cfg.min_links}
     if cfg.boilerplate is not None:
         kw["boilerplate"] = tuple(cfg.boilerplate)
     return htmlmod.Rules(**kw)
@@ -432,6 +433,7 @@ class Write(Stage):
             images[url] = process(res.body, cfg.image) if res.status == "success" else res
         for row, slots, removed in docs:
             out_slots, members, failures = [], {}, Counter()
+            index: dict[str, int] = {}  # an image used twice is one member, referenced by both slots
             for s in slots:
                 if s["type"] == "text":
                     out_slots.append({"type": "text", "text": s["text"]})
@@ -441,7 +443,7 @@ class Write(Stage):
                 if why:
                     failures[why] += 1
                     continue
-                idx = len(members)
+                idx = index.setdefault(s["url"], len(index))
                 members[f"{idx}.{res.ext}"] = res.data
                 out_slots.append({**s, "index": idx, "ext": res.ext, "width": res.width, "height": res.height,
                                   "original_width": res.original_width, "original_height": res.original_height,

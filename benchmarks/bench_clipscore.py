@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mmdata import shards as io
+from mmdata import fsio, samples
 from mmdata.config import Pipeline
 from mmdata.demo import images as demo
 from mmdata.engine import cluster
@@ -63,7 +63,7 @@ def make_model(folder: Path, gpu: bool, captions: list[str]) -> Path:
     from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
     from transformers.utils import logging as hf_logging
 
-    from mmdata.models.tiny_clip import build_tokenizer
+    from mmdata.demo.tiny_clip import build_tokenizer
 
     hf_logging.disable_progress_bar()
     tok = build_tokenizer(captions, vocab_size=2000, max_tokens=77)
@@ -91,14 +91,14 @@ def make_input(src: Path, n: int, threads: int) -> tuple[list[bytes], list[str]]
     for s in range((n + PER_SHARD - 1) // PER_SHARD):
         sid = f"{s:05d}"
         rows = []
-        with io.TarSink(str(src / f"{sid}.tar")) as sink:
+        with samples.TarSink(str(src / f"{sid}.tar")) as sink:
             for i in range(s * PER_SHARD, min(n, (s + 1) * PER_SHARD)):
                 key = f"{sid}{i % PER_SHARD:04d}"
                 img, cap = made[i]
                 sink.write({"__key__": key, "jpg": img, "txt": cap, "json": {"key": key, "caption": cap}})
                 rows.append({"key": key, "status": "success", "error_message": None, "caption": cap})
-        io.write_parquet(str(src / f"{sid}.parquet"), pd.DataFrame(rows))
-        io.write_json(str(src / f"{sid}_stats.json"), {"count": len(rows)})
+        fsio.write_parquet(str(src / f"{sid}.parquet"), pd.DataFrame(rows))
+        fsio.write_json(str(src / f"{sid}_stats.json"), {"count": len(rows)})
     return [m[0] for m in made], [m[1] for m in made]
 
 

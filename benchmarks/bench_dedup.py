@@ -56,20 +56,20 @@ def recall(dropped: dict[int, int], hashes, source) -> float:
 def write_shards(folder: Path, hashes: np.ndarray) -> None:
     import pandas as pd
 
-    from mmdata import shards as sio
+    from mmdata import fsio
 
     for s, lo in enumerate(range(0, len(hashes), PER_SHARD)):
         h = hashes[lo:lo + PER_SHARD]
         keys = [f"{s:05d}{i:04d}" for i in range(len(h))]
         sid = f"{s:05d}"
-        sio.write_parquet(str(folder / "download" / f"{sid}.parquet"), pd.DataFrame({
+        fsio.write_parquet(str(folder / "download" / f"{sid}.parquet"), pd.DataFrame({
             "key": keys, "status": "success", "url": [f"http://x/{k}" for k in keys], "caption": "",
             "sha256": keys, "original_width": 400, "original_height": 300}))
-        sio.write_json(str(folder / "download" / f"{sid}_stats.json"), {"count": len(h)})
-        sio.write_parquet(str(folder / "work" / "filter" / f"{sid}.parquet"), pd.DataFrame({
+        fsio.write_json(str(folder / "download" / f"{sid}_stats.json"), {"count": len(h)})
+        fsio.write_parquet(str(folder / "work" / "filter" / f"{sid}.parquet"), pd.DataFrame({
             "key": keys, "drop_reason": pd.Series([None] * len(h), dtype="string"),
             "phash_variants": [[int(x)] for x in h], "colour": [b""] * len(h)}))
-        sio.write_json(str(folder / "work" / "filter" / f"{sid}_stats.json"), {"count": len(h)})
+        fsio.write_json(str(folder / "work" / "filter" / f"{sid}_stats.json"), {"count": len(h)})
 
 
 def run_mmdata(n: int) -> dict:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmdata.shards import ShardWriter
+from mmdata.samples import ShardWriter
 
 BATCH = 256
 WEIGHTS = {"captions": 45, "interleaved": 45, "text": 10}

@@ -28,10 +28,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from mmdata import shards as io
+from mmdata import fsio, samples
 from mmdata.config import EngineConfig, Pipeline, parse
 from mmdata.engine import cluster
-from mmdata.stages import shards as stage
+from mmdata.stages import training_shards as stage
 
 PER_SHARD = 500
 OUT_SAMPLES = 1000
@@ -54,7 +54,7 @@ def make_input(work: Path, n: int) -> int:
     for s in range(n // PER_SHARD):
         sid = f"{s:05d}"
         meta, side = [], []
-        with io.TarSink(str(work / "download" / f"{sid}.tar")) as sink:
+        with samples.TarSink(str(work / "download" / f"{sid}.tar")) as sink:
             for i in range(PER_SHARD):
                 key = f"{sid}{i:04d}"
                 img = pool[(s * PER_SHARD + i) % len(pool)]
@@ -65,10 +65,10 @@ def make_input(work: Path, n: int) -> int:
                 drop = "lang_not_en" if i % 10 == 7 else None
                 side.append({"key": key, "lang_score": 0.9, "drop_reason": drop})
                 kept += drop is None
-        io.write_parquet(str(work / "download" / f"{sid}.parquet"), pd.DataFrame(meta))
-        io.write_parquet(str(work / "filter" / f"{sid}.parquet"), pd.DataFrame(side))
+        fsio.write_parquet(str(work / "download" / f"{sid}.parquet"), pd.DataFrame(meta))
+        fsio.write_parquet(str(work / "filter" / f"{sid}.parquet"), pd.DataFrame(side))
         for folder in ("download", "filter"):
-            io.write_json(str(work / folder / f"{sid}_stats.json"), {"count": PER_SHARD, "successes": PER_SHARD,
+            fsio.write_json(str(work / folder / f"{sid}_stats.json"), {"count": PER_SHARD, "successes": PER_SHARD,
                                                                      "status_dict": {}})
     return kept
 

@@ -58,12 +58,12 @@ def reported():
         raise typer.Exit(1)
 
 
-def run_stage_command(name: str, config, sets, overwrite, scheduler, workers, threads, **options) -> None:
+def stage_command(name: str, config, sets, overwrite, scheduler, workers, threads, **options) -> None:
     from mmdata import pipeline as pl
 
     with reported():
         pipe = load_pipeline(config, sets, scheduler, workers, threads)
-        report = pl.run_stage(pipe, name, overwrite=overwrite, **options)
+        report = pl.run_one(pipe, name, overwrite=overwrite, **options)
     typer.echo(report.summary() if hasattr(report, "summary") else str(report))
 
 
@@ -84,7 +84,7 @@ def download(config: Config, sets: Sets = None, overwrite: Overwrite = False, sc
              workers: Workers = None, threads: Threads = None,
              retry_failed: Annotated[bool, typer.Option("--retry-failed", help="re-fetch only the failed rows of finished shards")] = False):
     """Download image-caption pairs from URL lists into img2dataset-compatible shards."""
-    run_stage_command("download", config, sets, overwrite, scheduler, workers, threads, retry_failed=retry_failed)
+    stage_command("download", config, sets, overwrite, scheduler, workers, threads, retry_failed=retry_failed)
 
 
 # Stages whose command takes only the common options, in pipeline order.
@@ -101,7 +101,7 @@ PLAIN_STAGES = {
 def _plain_stage(name: str, doc: str):
     def command(config: Config, sets: Sets = None, overwrite: Overwrite = False, scheduler: Scheduler = None,
                 workers: Workers = None, threads: Threads = None):
-        run_stage_command(name, config, sets, overwrite, scheduler, workers, threads)
+        stage_command(name, config, sets, overwrite, scheduler, workers, threads)
 
     command.__doc__ = doc
     return command
@@ -118,7 +118,7 @@ def tiny_clip(corpus: Annotated[Path, typer.Option(help="a demo corpus folder (w
     """Train the tiny CLIP of the demo and the tests on a demo corpus (about a minute on CPU)."""
     import dataclasses
 
-    from mmdata.models import tiny_clip as tc
+    from mmdata.demo import tiny_clip as tc
 
     cfg = tc.TinyClipConfig() if steps is None else dataclasses.replace(tc.TinyClipConfig(), steps=steps)
     try:
@@ -133,7 +133,7 @@ def shards(config: Config, sets: Sets = None, overwrite: Overwrite = False, sche
            workers: Workers = None, threads: Threads = None,
            stream: Annotated[list[str] | None, typer.Option("--stream", help="only these streams (captions, interleaved, text)")] = None):
     """Write the kept samples as shuffled, sized training shards with a manifest per stream."""
-    run_stage_command("shards", config, sets, overwrite, scheduler, workers, threads, streams=stream or None)
+    stage_command("shards", config, sets, overwrite, scheduler, workers, threads, streams=stream or None)
 
 
 @app.command()

@@ -101,7 +101,7 @@ class ImageConfig(Strict):
     encode_quality: int = Field(95, ge=0, le=100, description="jpg/webp quality")
     png_compression: int = Field(6, ge=0, le=9)
     skip_reencode: bool = Field(False, description="resize_mode no: keep the original bytes when the format already matches")
-    min_image_size: int = Field(0, ge=0, description="skip images whose shorter original side is smaller")
+    min_side: int = Field(0, ge=0, description="skip images whose shorter original side is smaller")
     max_image_area: float | None = Field(None, gt=0, description="skip images with more original pixels")
     max_aspect_ratio: float | None = Field(None, ge=1, description="skip images whose long/short side ratio is larger")
     max_pixels: int = Field(89_478_485, ge=1, description="decompression-bomb limit: refuse to decode larger images")
@@ -263,7 +263,7 @@ class DocumentFilters(Strict):
 
 
 class LanguageFilter(Strict):
-    """fastText (lid.176) language ID on the whole document."""
+    """fastText (lid.176) language ID: the languages kept and the least confidence of the top one."""
 
     languages: list[str] | None = Field(["en"], description="kept languages; None keeps all")
     min_score: float = Field(0.8, ge=0, le=1)
@@ -302,8 +302,9 @@ class DocDedupConfig(Strict):
     max_paragraph_count: int | None = Field(2, ge=1, description="paragraphs seen more often within one domain are removed")
 
 
-class InterleavedConfig(Strict):
-    """The `interleaved` stage: image-text documents from WARC, HTML files or page URL lists."""
+class DocumentsConfig(Strict):
+    """What the `interleaved` and `text` stages share: where pages come from, how they are read and
+    extracted, the language rule, corpus-wide document dedup and fetching."""
 
     input: str | list[str] = Field(..., description="WARC(.gz), .html files or URL lists (.txt/.parquet/.csv/.jsonl); globs, braces, fsspec")
     input_format: Literal["auto", "warc", "html", "urls"] = "auto"
@@ -311,12 +312,17 @@ class InterleavedConfig(Strict):
     urls_per_shard: int = Field(1000, ge=1, le=10_000)
     extract: ExtractConfig = ExtractConfig()
     language: LanguageFilter = LanguageFilter()
+    dedup: DocDedupConfig = DocDedupConfig()
+    fetch: FetchConfig = FetchConfig()
+
+
+class InterleavedConfig(DocumentsConfig):
+    """The `interleaved` stage: image-text documents from WARC, HTML files or page URL lists."""
+
     paragraphs: ParagraphFilters = ParagraphFilters()
     document: DocumentFilters = DocumentFilters()
     flagged_words: list[str] | None = Field(None, description="None = the built-in short list")
     images: ImageRules = ImageRules()
-    dedup: DocDedupConfig = DocDedupConfig()
-    fetch: FetchConfig = FetchConfig()
     image: ImageConfig = ImageConfig(image_size=512, resize_only_if_bigger=True)
 
 
@@ -351,19 +357,13 @@ class TextFilters(Strict):
     max_newline_ratio: float | None = 0.3
 
 
-class TextConfig(Strict):
+class TextConfig(DocumentsConfig):
     """The `text` stage: text-only documents (the 10% text share) from the same readers."""
 
-    input: str | list[str] = Field(..., description="WARC(.gz), .html files or URL lists; globs, braces, fsspec")
-    input_format: Literal["auto", "warc", "html", "urls"] = "auto"
-    files_per_shard: int = Field(100, ge=1)
-    urls_per_shard: int = Field(1000, ge=1, le=10_000)
-    extract: ExtractConfig = ExtractConfig()
     language: LanguageFilter = LanguageFilter(min_score=0.65)
     max_link_density: float | None = Field(0.5, description="blocks with more of their text in links (menus, author links) are left out")
     filters: TextFilters = TextFilters()
     dedup: DocDedupConfig = DocDedupConfig(same_images=False, max_image_url_count=None, max_paragraph_count=None)
-    fetch: FetchConfig = FetchConfig()
 
 
 class FilterConfig(Strict):
@@ -374,12 +374,12 @@ class FilterConfig(Strict):
     """
 
     input: str | None = Field(None, description="download shard set; default the download stage's output")
-    langs: list[str] = Field(["en"], description="caption languages kept (fastText lid.176 codes)")
-    min_lang_score: float = Field(0.0, ge=0, le=1, description="also drop when the top language's confidence is lower")
+    language: LanguageFilter = Field(LanguageFilter(min_score=0.0), description="caption languages kept (fastText "
+                                     "lid.176 codes) and the confidence below which a caption is dropped too")
     min_words: int = Field(3, ge=0, description="keep captions with at least this many words (DataComp: > 2)")
     min_chars: int = Field(6, ge=0, description="keep captions with at least this many characters (DataComp: > 5)")
     min_side: int = Field(200, ge=0, description="min(original width, height) in pixels")
-    max_aspect: float = Field(3.0, ge=1, description="max(original w, h) / min(original w, h)")
+    max_aspect_ratio: float = Field(3.0, ge=1, description="max(original w, h) / min(original w, h)")
     drop_uninformative: bool = Field(False, description="drop uninformative AltText; by default only scored, for recaptioning")
     uninformative_threshold: float = Field(0.5, ge=0, le=1, description="score at or above which AltText counts as uninformative")
     uninformative_phrases: list[str] = Field(
@@ -495,6 +495,11 @@ class Pipeline(Strict):
         return value
 
 
+# old spellings of a threshold -> the one it has now, so a recipe that still uses one is told where it went
+RENAMED = {"langs": "language.languages", "min_lang_score": "language.min_score", "max_aspect": "max_aspect_ratio",
+           "min_image_size": "min_side"}
+
+
 class ConfigError(Exception):
     """A recipe problem, already phrased for the user (one line per problem)."""
 
@@ -540,7 +545,8 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 def _describe(err: dict) -> str:
     loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
     if err["type"] == "extra_forbidden":
-        return f"{loc}: unknown key (not a field of this section)"
+        new = RENAMED.get(str(err["loc"][-1]))
+        return f"{loc}: unknown key (renamed: use `{new}`)" if new else f"{loc}: unknown key (not a field of this section)"
     if err["type"] == "missing":
         return f"{loc}: required field is missing"
     got = err.get("input")

@@ -19,30 +19,32 @@ import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-from mmdata import shards as io
+from mmdata import fsio
 from mmdata.config import ConfigError, EngineConfig
 from mmdata.memory import keep_freed_memory
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+P = TypeVar("P")
 
 
 @dataclass(frozen=True)
-class Shard:
-    """An input shard: its id (shared by every stage's outputs for it) and its source URLs."""
+class Shard(Generic[P]):
+    """A unit of work: its id (shared by every stage's outputs for it) and what it reads, as a
+    typed payload the stage defines (`store.ShardFiles` for a shard set's tar and metadata)."""
 
     id: str
-    urls: dict[str, str] = field(default_factory=dict)
+    input: P
 
 
 class Stage:
     """Base of every shard stage. Subclasses write two methods: `setup` and `process`.
 
     `process(shard, out)` writes the shard's outputs under the folder `out` (atomically, through
-    `mmdata.shards`) and returns its stats: at least `count` (records in), `successes` (records
+    `mmdata.fsio`) and returns its stats: at least `count` (records in), `successes` (records
     kept) and `status_dict` (status -> count). Per-sample problems belong in those outputs as a
     status and error message, not in exceptions; an exception fails the whole shard (and is retried).
     """
@@ -118,7 +120,7 @@ def _size_native_pools() -> None:
 
 
 def stats_url(out: str, shard_id: str) -> str:
-    return io.join(out, f"{shard_id}_stats.json")
+    return fsio.join(out, f"{shard_id}_stats.json")
 
 
 def run_shard(stage: Stage, token: str, shard: Shard, out: str) -> dict:
@@ -138,7 +140,7 @@ def run_shard(stage: Stage, token: str, shard: Shard, out: str) -> dict:
         finished=finished,
         duration=round(finished - started, 4),
     )
-    io.write_json(stats_url(out, shard.id), stats)
+    fsio.write_json(stats_url(out, shard.id), stats)
     return stats
 
 
@@ -228,14 +230,14 @@ class StageFailed(Exception):
 
 def finished(out: str) -> set[str]:
     """Ids of the shards whose stats file exists under `out`."""
-    fs, path = io.fs_path(out)
+    fs, path = fsio.fs_path(out)
     if not fs.exists(path):
         return set()
     names = (p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
     return {n[: -len("_stats.json")] for n in names if n.endswith("_stats.json")}
 
 
-def run(
+def map_shards(
     stage: Stage,
     shards: list[Shard],
     out: str,
@@ -271,30 +273,23 @@ FINGERPRINT = "_stage.json"
 
 def _check_fingerprint(stage: Stage, out: str, done: set[str]) -> None:
     """Refuse to resume on top of shards written with other settings; record this run's."""
-    url = io.join(out, FINGERPRINT)
+    url = fsio.join(out, FINGERPRINT)
     mine = stage.fingerprint()
-    if done and io.exists(url):
-        theirs = io.read_json(url).get("fingerprint")
+    if done and fsio.exists(url):
+        theirs = fsio.read_json(url).get("fingerprint")
         if theirs != mine:
             raise ConfigError(
                 f"{stage.name}: the recipe changed since the {len(done)} finished shards under {out} were written "
                 f"(fingerprint {theirs} -> {mine}); rerun with --overwrite to redo them, or write elsewhere"
             )
         return
-    io.write_json(url, {"stage": stage.name, "fingerprint": mine})
+    fsio.write_json(url, {"stage": stage.name, "fingerprint": mine})
 
 
 def _sweep_temp(out: str, ids: list[str]) -> None:
-    """Remove temp files a killed run left for shards about to be redone (local folders only;
-    an object store never sees temp names)."""
-    if not io.is_local(out):
-        return
-    import glob
-
-    folder = io.fs_path(out)[1]
+    """Remove temp files a killed run left for shards about to be redone."""
     for sid in ids:
-        for tmp in glob.glob(os.path.join(glob.escape(folder), f".{glob.escape(sid)}*.tmp")):
-            os.unlink(tmp)
+        fsio.sweep_temp(out, sid)
 
 
 def _submit_all(client, stage: Stage, todo: list[Shard], out: str, engine: EngineConfig, report: Report):

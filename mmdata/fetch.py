@@ -127,9 +127,9 @@ def public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
 
 def load_opt_out(spec: list[str] | str) -> list[str]:
     if isinstance(spec, str):
-        from mmdata import shards as io
+        from mmdata import fsio
 
-        lines = io.read_bytes(spec).decode("utf-8").splitlines()
+        lines = fsio.read_bytes(spec).decode("utf-8").splitlines()
         return [s.strip() for s in lines if s.strip() and not s.lstrip().startswith("#")]
     return list(spec)
 

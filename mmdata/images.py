@@ -11,7 +11,7 @@ Statuses:
   success                   data holds the encoded image
   failed_to_decode          not an image Pillow can read, truncated, or over the bomb limit
   failed_to_resize          decoding, resizing or encoding failed midway
-  skipped_too_small         shorter original side < min_image_size
+  skipped_too_small         shorter original side < min_side
   skipped_too_large         original area > max_image_area
   skipped_aspect_ratio      long/short side > max_aspect_ratio
 Sizes: original_* are the upright size (EXIF orientation applied), width/height the output's.
@@ -162,8 +162,8 @@ def process(body: bytes, cfg: ImageConfig | None = None) -> ImageResult:
         return res
     w, h = (stored_h, stored_w) if orientation in _TRANSPOSED else (stored_w, stored_h)
     res.original_width, res.original_height = w, h
-    if min(w, h) < cfg.min_image_size:
-        res.status, res.error_message = "skipped_too_small", f"{w}x{h}: shorter side < min_image_size {cfg.min_image_size}"
+    if min(w, h) < cfg.min_side:
+        res.status, res.error_message = "skipped_too_small", f"{w}x{h}: shorter side < min_side {cfg.min_side}"
         return res
     if cfg.max_image_area is not None and w * h > cfg.max_image_area:
         res.status, res.error_message = "skipped_too_large", f"{w}x{h}: area > max_image_area {cfg.max_image_area:g}"

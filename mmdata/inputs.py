@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import fsspec
 import pandas as pd
 
-from mmdata import shards as io
+from mmdata import fsio
 
 FORMATS = ("parquet", "csv", "tsv", "jsonl", "json", "txt")
 _CHUNK = 50_000
@@ -35,8 +35,8 @@ def detect(path: str, input_format: str = "auto") -> str:
 def files(spec: str | list[str], input_format: str = "auto") -> list[str]:
     """The input files a spec names; a folder means every file of a known format under it."""
     out: list[str] = []
-    for url in io.expand(spec):
-        fs, path = io.fs_path(url)
+    for url in fsio.expand(spec):
+        fs, path = fsio.fs_path(url)
         if fs.isdir(path):
             protocol = url.split("://", 1)[0] + "://" if "://" in url else ""
             found = sorted(p for p in fs.find(path) if not p.rsplit("/", 1)[-1].startswith((".", "_")))

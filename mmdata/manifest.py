@@ -20,8 +20,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from mmdata import __version__
-from mmdata import shards as io
+from mmdata import __version__, fsio
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -58,7 +57,7 @@ def recipe(config: dict) -> dict:
 
 def manifest_url(url: str) -> str:
     """Accept a stream folder or the manifest itself."""
-    return url if url.endswith(".json") else io.join(url, MANIFEST)
+    return url if url.endswith(".json") else fsio.join(url, MANIFEST)
 
 
 def folder_of(url: str) -> str:
@@ -81,14 +80,14 @@ def build(stream: str, shards: list[dict], **extra) -> dict:
 
 def write(folder: str, manifest: dict) -> str:
     """`manifest.json` and `manifest.parquet` into `folder`; returns the json's URL."""
-    io.write_parquet(io.join(folder, TABLE), to_frame(manifest, folder))
-    url = io.join(folder, MANIFEST)
-    io.write_json(url, manifest)  # last: its presence means the stream is complete
+    fsio.write_parquet(fsio.join(folder, TABLE), to_frame(manifest, folder))
+    url = fsio.join(folder, MANIFEST)
+    fsio.write_json(url, manifest)  # last: its presence means the stream is complete
     return url
 
 
 def read(url: str) -> dict:
-    m = io.read_json(manifest_url(url))
+    m = fsio.read_json(manifest_url(url))
     if m.get("schema_version") != SCHEMA_VERSION:
         raise ValueError(f"{manifest_url(url)}: schema_version {m.get('schema_version')!r}, expected {SCHEMA_VERSION}")
     return m
@@ -97,7 +96,7 @@ def read(url: str) -> dict:
 def urls(url: str) -> list[str]:
     """Full URLs of a manifest's shards, in manifest order."""
     folder = folder_of(url)
-    return [io.join(folder, s["name"]) for s in read(url)["shards"]]
+    return [fsio.join(folder, s["name"]) for s in read(url)["shards"]]
 
 
 def to_frame(manifest: dict, folder: str):
@@ -108,7 +107,7 @@ def to_frame(manifest: dict, folder: str):
     return pd.DataFrame(
         [
             {"stream": manifest["stream"], "kind": manifest["kind"], "name": s["name"],
-             "url": io.join(folder, s["name"]), "count": s["count"], "bytes": s["bytes"], "sha256": s["sha256"],
+             "url": fsio.join(folder, s["name"]), "count": s["count"], "bytes": s["bytes"], "sha256": s["sha256"],
              "schema_version": manifest["schema_version"], "mmdata": r.get("mmdata"),
              "git_commit": r.get("git_commit")}
             for s in manifest["shards"]
@@ -118,8 +117,8 @@ def to_frame(manifest: dict, folder: str):
 
 
 def _check(folder: str, entry: dict, checksums: bool) -> Problem | None:
-    url = io.join(folder, entry["name"])
-    fs, path = io.fs_path(url)
+    url = fsio.join(folder, entry["name"])
+    fs, path = fsio.fs_path(url)
     try:
         if not fs.exists(path):
             return Problem(entry["name"], "missing", f"{url} does not exist")
@@ -201,12 +200,12 @@ def energon_export(url: str, *, workers: int = 4) -> str:
 
     m = read(url)
     folder = folder_of(url)
-    if not io.is_local(folder):
+    if not fsio.is_local(folder):
         raise ValueError(f"{folder}: Energon export needs a local folder (run `energon prepare` where it is mounted)")
     if not m["shards"]:
         raise ValueError(f"{folder}: no shards to export (Energon refuses an empty dataset)")
     names = [s["name"] for s in m["shards"]]
-    root = Path(io.fs_path(folder)[1])
+    root = Path(fsio.fs_path(folder)[1])
     meta = root / MAIN_FOLDER_NAME
     made_from = hashlib.sha256(json.dumps(m["shards"], sort_keys=True).encode()).hexdigest()
     marker = meta / "mmdata.json"
@@ -219,9 +218,9 @@ def energon_export(url: str, *, workers: int = 4) -> str:
         )
     spec = ENERGON_TYPES[m["kind"]]
     if "sample_loader" in spec:
-        io.atomic_write(str(meta / "sample_loader.py"), INTERLEAVED_LOADER.encode())
-    io.atomic_write(str(meta / "dataset.yaml"), yaml.safe_dump(spec, sort_keys=False).encode())
-    io.write_json(str(marker), {"shards": made_from, "manifest": MANIFEST})
+        fsio.atomic_write(str(meta / "sample_loader.py"), INTERLEAVED_LOADER.encode())
+    fsio.atomic_write(str(meta / "dataset.yaml"), yaml.safe_dump(spec, sort_keys=False).encode())
+    fsio.write_json(str(marker), {"shards": made_from, "manifest": MANIFEST})
     return folder
 
 

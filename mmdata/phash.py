@@ -82,15 +82,6 @@ def phash(image) -> int:
     return int(measure(image)[0][0])
 
 
-def phash_bytes(data: bytes) -> int:
-    import io
-
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as im:
-        return phash(im)
-
-
 def to_hex(h: int) -> str:
     return f"{int(h) & (2**BITS - 1):016x}"
 

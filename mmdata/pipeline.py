@@ -18,7 +18,7 @@ STAGES = {
     "clipscore": "clipscore",
     "interleaved": "interleaved",
     "text": "text",
-    "shards": "shards",
+    "shards": "training_shards",
     "check": "check",
 }
 
@@ -29,7 +29,7 @@ def stage_module(name: str):
     return importlib.import_module(f"mmdata.stages.{STAGES[name]}")
 
 
-def run_stage(pipeline: Pipeline, name: str, *, client=None, overwrite: bool = False, **options) -> Report:
+def run_one(pipeline: Pipeline, name: str, *, client=None, overwrite: bool = False, **options) -> Report:
     """One stage through its library function; raises StageFailed when any shard failed."""
     pipeline.section(name)  # a clear error before any work when the recipe lacks the section
     report = stage_module(name).run(pipeline, client=client, overwrite=overwrite, **options)
@@ -48,7 +48,7 @@ def run(pipeline: Pipeline, stages: list[str] | None = None, *, overwrite: bool 
     reports = []
     with cluster(pipeline.engine) as client:
         for name in names:
-            report = run_stage(pipeline, name, client=client, overwrite=overwrite)
+            report = run_one(pipeline, name, client=client, overwrite=overwrite)
             reports.append(report)
             echo(report.summary() if hasattr(report, "summary") else f"{name}: {report}")
     return reports

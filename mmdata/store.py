@@ -13,9 +13,18 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from mmdata import shards as io
+from mmdata import fsio, samples
 from mmdata.config import ConfigError
 from mmdata.engine import Shard, finished
+
+
+@dataclass(frozen=True)
+class ShardFiles:
+    """What a stage reads of one shard of a shard set: its tar (absent when every record failed)
+    and its metadata parquet (one row per input record)."""
+
+    tar: str
+    meta: str
 
 
 @dataclass(frozen=True)
@@ -23,22 +32,22 @@ class ShardSet:
     url: str
 
     def tar(self, shard_id: str) -> str:
-        return io.join(self.url, f"{shard_id}.tar")
+        return fsio.join(self.url, f"{shard_id}.tar")
 
     def meta(self, shard_id: str) -> str:
-        return io.join(self.url, f"{shard_id}.parquet")
+        return fsio.join(self.url, f"{shard_id}.parquet")
 
     def stats(self, shard_id: str) -> str:
-        return io.join(self.url, f"{shard_id}_stats.json")
+        return fsio.join(self.url, f"{shard_id}_stats.json")
 
     def ids(self) -> list[str]:
         """Finished shards only: a shard without its stats file is still being written."""
         return sorted(finished(self.url))
 
-    def shards(self) -> list[Shard]:
-        return [Shard(i, {"tar": self.tar(i), "meta": self.meta(i)}) for i in self.ids()]
+    def shards(self) -> list[Shard[ShardFiles]]:
+        return [Shard(i, ShardFiles(self.tar(i), self.meta(i))) for i in self.ids()]
 
-    def require(self, stage: str) -> list[Shard]:
+    def require(self, stage: str) -> list[Shard[ShardFiles]]:
         """The finished shards `stage` reads; none is a recipe problem, said in one line."""
         shards = self.shards()
         if not shards:
@@ -47,19 +56,19 @@ class ShardSet:
         return shards
 
     def read_meta(self, shard_id: str) -> pd.DataFrame:
-        return io.read_parquet(self.meta(shard_id))
+        return fsio.read_parquet(self.meta(shard_id))
 
     def samples(self, shard_id: str):
         """Samples of one shard; a shard whose records all failed has no tar."""
         url = self.tar(shard_id)
-        return io.read_shard(url) if io.exists(url) else iter(())
+        return samples.read_shard(url) if fsio.exists(url) else iter(())
 
 
 def table(base: ShardSet, shard_id: str, stage_dirs: dict[str, str]) -> pd.DataFrame:
     """The base metadata of a shard with each stage's columns joined on `key`, prefixed."""
     df = base.read_meta(shard_id)
     for stage, folder in stage_dirs.items():
-        side = io.read_parquet(io.join(folder, f"{shard_id}.parquet"))
+        side = fsio.read_parquet(fsio.join(folder, f"{shard_id}.parquet"))
         side = side.rename(columns={c: f"{stage}.{c}" for c in side.columns if c != "key"})
         df = df.merge(side, on="key", how="left", validate="one_to_one")
     return df

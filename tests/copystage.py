@@ -15,7 +15,7 @@ import cloudpickle
 import pandas as pd
 from PIL import Image
 
-from mmdata import shards as sio
+from mmdata import fsio, samples
 from mmdata.engine import Shard, Stage
 
 
@@ -42,13 +42,13 @@ class Copy(Stage):
                 f.write("x")
             raise ValueError(f"bad data in shard {shard.id}")
         keys = []
-        with sio.TarSink(sio.join(out, f"{shard.id}.tar")) as sink:
-            for sample in sio.read_shard(shard.urls["tar"]):
+        with samples.TarSink(fsio.join(out, f"{shard.id}.tar")) as sink:
+            for sample in samples.read_shard(shard.input.tar):
                 time.sleep(self.delay)
                 sink.write({k: v for k, v in sample.items() if k != "__url__"})
                 keys.append(sample["__key__"])
-        meta = sio.read_parquet(shard.urls["meta"])
-        sio.write_parquet(sio.join(out, f"{shard.id}.parquet"), meta)
+        meta = fsio.read_parquet(shard.input.meta)
+        fsio.write_parquet(fsio.join(out, f"{shard.id}.parquet"), meta)
         ok = int((meta["status"] == "success").sum())
         return {"count": len(meta), "successes": ok, "status_dict": meta["status"].value_counts().to_dict(), "copied": len(keys)}
 
@@ -68,7 +68,7 @@ def make_pairs(dest: str, n_shards: int = 4, per: int = 5, fail_every: int = 4) 
     for s in range(n_shards):
         sid = f"{s:05d}"
         rows = []
-        with sio.TarSink(sio.join(dest, f"{sid}.tar")) as sink:
+        with samples.TarSink(fsio.join(dest, f"{sid}.tar")) as sink:
             for i in range(per):
                 key = f"{sid}{i:04d}"
                 url = f"http://img.example/{key}.jpg"
@@ -83,9 +83,9 @@ def make_pairs(dest: str, n_shards: int = 4, per: int = 5, fail_every: int = 4) 
                 }
                 sink.write({"__key__": key, "jpg": data, "txt": rec["caption"], "json": rec})
                 rows.append({k: rec[k] for k in ("key", "status", "error_message", "url", "caption")})
-        sio.write_parquet(sio.join(dest, f"{sid}.parquet"), pd.DataFrame(rows))
+        fsio.write_parquet(fsio.join(dest, f"{sid}.parquet"), pd.DataFrame(rows))
         ok = sum(r["status"] == "success" for r in rows)
-        sio.write_json(sio.join(dest, f"{sid}_stats.json"), {
+        fsio.write_json(fsio.join(dest, f"{sid}_stats.json"), {
             "shard": sid, "stage": "download", "schema_version": 1, "count": len(rows), "successes": ok,
             "status_dict": {"success": ok, "failed_to_download": len(rows) - ok}, "duration": 0.0,
         })

@@ -11,11 +11,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from copystage import Copy
 
 from mmdata.config import EngineConfig
-from mmdata.engine import run
+from mmdata.engine import map_shards
 from mmdata.store import ShardSet
 
 if __name__ == "__main__":
     src, out, delay = sys.argv[1], sys.argv[2], float(sys.argv[3])
-    report = run(Copy(delay=delay), ShardSet(src).shards(), out, EngineConfig(n_workers=2, progress=False))
+    report = map_shards(Copy(delay=delay), ShardSet(src).shards(), out, EngineConfig(n_workers=2, progress=False))
     print(report.summary())
     sys.exit(0 if report.ok else 1)

@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from mmdata import shards as sio
+from mmdata import fsio, samples
 from mmdata.config import ConfigError, Pipeline, parse
 from mmdata.models import clip as mclip
 from mmdata.models.device import DeviceError, pick_device, pick_dtype
@@ -44,7 +44,7 @@ def cli(*args: str, **kw) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def tiny_clip(demo_corpus, tmp_path_factory) -> Path:
     """Trained through the function `mmdata demo` calls; fewer steps than the demo's, AUC still holds."""
-    from mmdata.models.tiny_clip import TinyClipConfig, ensure_tiny_clip
+    from mmdata.demo.tiny_clip import TinyClipConfig, ensure_tiny_clip
 
     out = tmp_path_factory.mktemp("models") / "tiny-clip"
     assert ensure_tiny_clip(demo_corpus, out, TinyClipConfig(steps=60)) == str(out)
@@ -72,7 +72,7 @@ def scored(tmp_path_factory, downloaded, tiny_clip, client):
 def sidecars(pipe: Pipeline) -> pd.DataFrame:
     out = pipe.stage_dir("clipscore")
     ids = ShardSet(pipe.download.output).ids()
-    return pd.concat([sio.read_parquet(sio.join(out, f"{i}.parquet")) for i in ids], ignore_index=True)
+    return pd.concat([fsio.read_parquet(fsio.join(out, f"{i}.parquet")) for i in ids], ignore_index=True)
 
 
 def auc(pos: np.ndarray, neg: np.ndarray) -> float:
@@ -239,7 +239,7 @@ def test_embeddings_are_saved_with_their_keys(scored):
     pipe, _ = scored
     out = Path(pipe.stage_dir("clipscore"))
     for sid in ShardSet(pipe.download.output).ids():
-        side = sio.read_parquet(str(out / f"{sid}.parquet"))
+        side = fsio.read_parquet(str(out / f"{sid}.parquet"))
         with np.load(out / f"{sid}.emb.npz", allow_pickle=False) as z:
             keys, img, txt = z["key"], z["image"], z["text"]
         s = side.set_index("key").loc[keys, "score"].to_numpy()
@@ -321,20 +321,20 @@ def test_every_record_has_one_outcome_and_synthetic_captions_are_scored(tmp_path
         ("000000004", "success", "one white ring", None, None),
         ("000000005", "failed_to_download", "one blue cross", None, None),
     ]
-    with sio.TarSink(str(src / "00000.tar")) as sink:
+    with samples.TarSink(str(src / "00000.tar")) as sink:
         for key, _, cap, _, img in rows:
             if img is not None:
                 sink.write({"__key__": key, "jpg": img, "txt": cap or "", "json": {"key": key}})
-    sio.write_parquet(str(src / "00000.parquet"), pd.DataFrame(
+    fsio.write_parquet(str(src / "00000.parquet"), pd.DataFrame(
         {"key": [r[0] for r in rows], "status": [r[1] for r in rows],
          "error_message": [None if r[1] == "success" else "HTTP 404" for r in rows],
          "caption": [r[2] for r in rows], "synthetic_caption": [r[3] for r in rows]}))
-    sio.write_json(str(src / "00000_stats.json"), {"count": len(rows)})
+    fsio.write_json(str(src / "00000_stats.json"), {"count": len(rows)})
     pipe = Pipeline(workdir=str(tmp_path), engine={"progress": False},
                     clipscore={"input": str(src), "model": str(tiny_clip), "batch_size": 2, "threshold": -1.0})
     report = clipscore.run(pipe, client=client)
     assert report.ok, report.summary()
-    side = sio.read_parquet(str(tmp_path / "clipscore" / "00000.parquet")).set_index("key")
+    side = fsio.read_parquet(str(tmp_path / "clipscore" / "00000.parquet")).set_index("key")
     assert side["status"].tolist() == ["success", "success", "skipped_no_caption", "failed_to_decode",
                                        "failed_to_find_image", "skipped_not_downloaded"]
     assert side["drop_reason"].fillna("-").tolist() == ["-", "-", "no_caption", "undecodable_image",
@@ -360,7 +360,7 @@ def test_pool_after_takes_the_quantile_over_what_earlier_stages_kept(scored, tmp
     base = ShardSet(pipe.download.output)
     for sid in base.ids():  # an earlier stage's decisions, in the sidecar contract: every 3rd record dropped
         keys = base.read_meta(sid)["key"]
-        sio.write_parquet(str(work / "dedup" / f"{sid}.parquet"), pd.DataFrame(
+        fsio.write_parquet(str(work / "dedup" / f"{sid}.parquet"), pd.DataFrame(
             {"key": keys, "drop_reason": [("duplicate" if int(k) % 3 == 0 else None) for k in keys]}))
     again = Pipeline(workdir=str(work), engine={"progress": False}, download=pipe.download,
                      clipscore={**pipe.clipscore.model_dump(), "top_fraction": 0.25, "pool_after": ["dedup"]})

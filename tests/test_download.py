@@ -14,8 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from mmdata import inputs
-from mmdata import shards as io
+from mmdata import fsio, inputs, samples
 from mmdata.config import Pipeline
 from mmdata.demo.server import DemoServer
 from mmdata.demo.urls import IMAGE_HOSTS, ROBOTS_DISALLOW, fault_url
@@ -99,10 +98,10 @@ def test_fault_modes_through_the_stage(tmp_path, server, client, threads):
     assert ok["sha256"].str.fullmatch("[0-9a-f]{64}").all()
     assert report.totals()["successes"] == len(ok)
 
-    samples = {s["__key__"]: io.decode(s) for sid in ShardSet(download.output(pipe)).ids()
+    got = {s["__key__"]: samples.decode(s) for sid in ShardSet(download.output(pipe)).ids()
                for s in ShardSet(download.output(pipe)).samples(sid)}
-    assert set(samples) == set(ok["key"])
-    first = samples[ok["key"].iloc[0]]
+    assert set(got) == set(ok["key"])
+    first = got[ok["key"].iloc[0]]
     assert first["txt"] == "caption 0" and first["json"]["row"] == "0" and first["json"]["url"] == cases[0][0]
     assert_valid(pipe, client)
 
@@ -163,7 +162,7 @@ def test_killed_run_resumes_without_refetching(tmp_path, server, client):
     assert set(report.done) == {"00000", "00001", "00002"} - done_before
     refetched = set(server.stats()["by_url"])
     for sid in done_before:
-        shard_urls = set(io.read_parquet(f"{out}/_inputs/{sid}.parquet")["url"])
+        shard_urls = set(fsio.read_parquet(f"{out}/_inputs/{sid}.parquet")["url"])
         assert not shard_urls & refetched  # finished shards were not downloaded again
     meta = all_meta(out)
     assert sorted(meta["url"]) == sorted(urls) and meta["key"].is_unique  # nothing lost, nothing doubled
@@ -207,7 +206,7 @@ def test_inputs_every_format(tmp_path, s3):
     assert list(txt["url"]) == ["http://h/1.jpg", "http://h/2.jpg"] and txt["caption"].isna().all()
     cut = [len(b) for b in inputs.batches(str(folder), size=2, url_col="link", caption_col="text")]
     assert cut == [2, 2, 1]
-    io.write_parquet("s3://mmdata-test/urls/part.parquet", rows)
+    fsio.write_parquet("s3://mmdata-test/urls/part.parquet", rows)
     remote = next(inputs.rows("s3://mmdata-test/urls/", url_col="link", caption_col="text"))
     assert list(remote["url"]) == list(rows["link"])
     with pytest.raises(ValueError, match="no url column"):
@@ -219,9 +218,9 @@ def test_partition_happens_once(tmp_path, server):
     pipe = Pipeline.model_validate(recipe(tmp_path, server, tmp_path / "u.parquet"))
     out = download.output(pipe)
     ids = download.partition(pipe.download, out)
-    first = io.read_bytes(f"{out}/_inputs/00001.parquet")
+    first = fsio.read_bytes(f"{out}/_inputs/00001.parquet")
     assert ids == ["00000", "00001", "00002"]
-    assert download.partition(pipe.download, out) == ids and io.read_bytes(f"{out}/_inputs/00001.parquet") == first
+    assert download.partition(pipe.download, out) == ids and fsio.read_bytes(f"{out}/_inputs/00001.parquet") == first
     changed = pipe.download.model_copy(update={"samples_per_shard": 5})
     with pytest.raises(Exception, match="samples_per_shard"):
         download.partition(changed, out)

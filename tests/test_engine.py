@@ -16,10 +16,9 @@ import pandas as pd
 import pytest
 from copystage import Copy, make_pairs
 
-from mmdata import schema
-from mmdata import shards as sio
+from mmdata import fsio, samples, schema
 from mmdata.config import EngineConfig, Pipeline, parse
-from mmdata.engine import run
+from mmdata.engine import map_shards
 from mmdata.stages import check
 from mmdata.store import ShardSet
 
@@ -28,13 +27,13 @@ CFG = EngineConfig(n_workers=2, retries=2, progress=False)
 
 
 def all_keys(folder: Path) -> list[str]:
-    return sorted(s["__key__"] for s in sio.read_shards(str(folder / "*.tar")))
+    return sorted(s["__key__"] for s in samples.read_shards(str(folder / "*.tar")))
 
 
 def test_stage_runs_per_shard_and_resumes(tmp_path, client):
     make_pairs(str(tmp_path / "in"), n_shards=5)
     out = tmp_path / "copy"
-    report = run(Copy(), ShardSet(str(tmp_path / "in")).shards(), str(out), CFG, client=client)
+    report = map_shards(Copy(), ShardSet(str(tmp_path / "in")).shards(), str(out), CFG, client=client)
     assert report.ok and sorted(report.done) == [f"{i:05d}" for i in range(5)]
     assert report.totals()["count"] == 25 and report.totals()["successes"] == 20
     assert all_keys(out) == all_keys(tmp_path / "in")
@@ -44,11 +43,11 @@ def test_stage_runs_per_shard_and_resumes(tmp_path, client):
         assert stats["shard"] == sid and stats["stage"] == "copy"
     mtimes = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
 
-    again = run(Copy(), ShardSet(str(tmp_path / "in")).shards(), str(out), CFG, client=client)
+    again = map_shards(Copy(), ShardSet(str(tmp_path / "in")).shards(), str(out), CFG, client=client)
     assert again.skipped == sorted(report.done) and not again.done
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == mtimes  # nothing rewritten
 
-    redo = run(Copy(), ShardSet(str(tmp_path / "in")).shards(), str(out), CFG, client=client, overwrite=True)
+    redo = map_shards(Copy(), ShardSet(str(tmp_path / "in")).shards(), str(out), CFG, client=client, overwrite=True)
     assert sorted(redo.done) == sorted(report.done) and not redo.skipped
     assert all_keys(out) == all_keys(tmp_path / "in")
 
@@ -58,7 +57,7 @@ def test_failures_are_isolated_retried_and_named(tmp_path, client):
     (tmp_path / "marks").mkdir()
     out = tmp_path / "copy"
     stage = Copy(fail_on=("00002",), flaky_dir=str(tmp_path / "marks"))
-    report = run(stage, ShardSet(str(tmp_path / "in")).shards(), str(out), CFG, client=client)
+    report = map_shards(stage, ShardSet(str(tmp_path / "in")).shards(), str(out), CFG, client=client)
     assert not report.ok
     assert list(report.failed) == ["00002"]
     assert report.failed["00002"] == "ValueError: bad data in shard 00002"
@@ -73,7 +72,7 @@ def test_failures_are_isolated_retried_and_named(tmp_path, client):
 def test_setup_runs_once_per_worker(tmp_path, client):
     make_pairs(str(tmp_path / "in"), n_shards=8, per=2)
     log = tmp_path / "setup.log"
-    report = run(Copy(setup_log=str(log)), ShardSet(str(tmp_path / "in")).shards(), str(tmp_path / "o"), CFG, client=client)
+    report = map_shards(Copy(setup_log=str(log)), ShardSet(str(tmp_path / "in")).shards(), str(tmp_path / "o"), CFG, client=client)
     assert report.ok and len(report.done) == 8
     pids = log.read_text().split()
     assert len(pids) == len(set(pids)) <= 2  # one set-up per worker process, not per shard
@@ -118,7 +117,7 @@ def test_workers_fork_only_from_a_process_without_torch(tmp_path, monkeypatch):
         with cluster(EngineConfig(n_workers=1, progress=False, start_method=method)) as c:
             probe = c.run(lambda: getattr(sys.modules.get("mmdata.engine"), "_probe", None))
             assert list(probe.values()) == [seen], method
-            report = run(Copy(), ShardSet(str(tmp_path / "in")).shards(), str(tmp_path / method), client=c)
+            report = map_shards(Copy(), ShardSet(str(tmp_path / "in")).shards(), str(tmp_path / method), client=c)
             assert report.ok and len(report.done) == 2
             # one BLAS thread per worker either way, not the parent's machine-wide pool (OpenMP's
             # thread count is per thread and set at load: the reason `auto` spawns once torch is in)
@@ -205,9 +204,9 @@ def test_external_scheduler_gives_the_same_output(tmp_path, external_scheduler):
 
 def test_check_catches_tar_and_metadata_disagreeing(tmp_path, client):
     make_pairs(str(tmp_path / "download"), n_shards=2)
-    meta = sio.read_parquet(str(tmp_path / "download/00001.parquet"))
+    meta = fsio.read_parquet(str(tmp_path / "download/00001.parquet"))
     meta.loc[0, "status"] = "failed_to_download"  # the tar still holds this sample
-    sio.write_parquet(str(tmp_path / "download/00001.parquet"), meta)
+    fsio.write_parquet(str(tmp_path / "download/00001.parquet"), meta)
     pipe = parse(Pipeline, {"workdir": str(tmp_path), "check": {}, "engine": {"progress": False}}, "test")
     report = check.run(pipe, client=client)
     assert report.totals()["invalid"] == 1
@@ -221,14 +220,14 @@ def test_resume_refuses_shards_written_with_other_settings(tmp_path, client):
 
     make_pairs(str(tmp_path / "in"), n_shards=3)
     shards, out = ShardSet(str(tmp_path / "in")).shards(), str(tmp_path / "copy")
-    assert run(Copy(delay=0.0), shards[:2], out, CFG, client=client).ok
+    assert map_shards(Copy(delay=0.0), shards[:2], out, CFG, client=client).ok
     # the same settings resume (and finish the third shard); other settings must not mix in silently
-    assert sorted(run(Copy(delay=0.0), shards, out, CFG, client=client).done) == ["00002"]
+    assert sorted(map_shards(Copy(delay=0.0), shards, out, CFG, client=client).done) == ["00002"]
     with pytest.raises(ConfigError, match="recipe changed since the 3 finished shards"):
-        run(Copy(delay=0.001), shards, out, CFG, client=client)
-    redo = run(Copy(delay=0.001), shards, out, CFG, client=client, overwrite=True)
+        map_shards(Copy(delay=0.001), shards, out, CFG, client=client)
+    redo = map_shards(Copy(delay=0.001), shards, out, CFG, client=client, overwrite=True)
     assert len(redo.done) == 3
-    assert not run(Copy(delay=0.001), shards, out, CFG, client=client).done  # the new settings are now the record
+    assert not map_shards(Copy(delay=0.001), shards, out, CFG, client=client).done  # the new settings are now the record
 
 
 def test_fingerprint_ignores_pace_but_not_results():

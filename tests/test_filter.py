@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from mmdata import shards as sio
+from mmdata import fsio, samples
 from mmdata.config import Pipeline
 from mmdata.stages import filter as filt
 from mmdata.store import ShardSet, table
@@ -40,7 +40,7 @@ def write_download_set(folder: Path, shards: dict[str, list[dict]]) -> ShardSet:
     """shards: id -> rows with url, caption, and `image` bytes (None = a failed download)."""
     for sid, rows in shards.items():
         meta = []
-        with sio.TarSink(str(folder / f"{sid}.tar")) as sink:
+        with samples.TarSink(str(folder / f"{sid}.tar")) as sink:
             for i, row in enumerate(rows):
                 key = row.get("key") or f"{int(sid):05d}{i:04d}"
                 data = row.get("image")
@@ -59,8 +59,8 @@ def write_download_set(folder: Path, shards: dict[str, list[dict]]) -> ShardSet:
                     sink.write({"__key__": key, ext: data, "txt": row["caption"] or "",
                                 "json": {k: v for k, v in rec.items() if v is not None} | {"kind": "pair", "schema_version": 1}})
                 meta.append(rec)
-        sio.write_parquet(str(folder / f"{sid}.parquet"), pd.DataFrame(meta))
-        sio.write_json(str(folder / f"{sid}_stats.json"), {"count": len(meta), "successes": 0, "status_dict": {}})
+        fsio.write_parquet(str(folder / f"{sid}.parquet"), pd.DataFrame(meta))
+        fsio.write_json(str(folder / f"{sid}_stats.json"), {"count": len(meta), "successes": 0, "status_dict": {}})
     return ShardSet(str(folder))
 
 
@@ -91,9 +91,9 @@ def pairs(tmp_path) -> Path:
     rows[8]["image"] = picture(8)
     write_download_set(src, {"00000": rows[:5], "00001": rows[5:]})
     # then corrupt one tar member behind the metadata's back, as real data has
-    samples = list(sio.read_shard(str(src / "00001.tar")))
-    with sio.TarSink(str(src / "00001.tar")) as sink:
-        for s in samples:
+    originals = list(samples.read_shard(str(src / "00001.tar")))
+    with samples.TarSink(str(src / "00001.tar")) as sink:
+        for s in originals:
             if s["__key__"] == "000010003":
                 s["jpg"] = ROWS[8]["image"]
             sink.write(s)
@@ -144,7 +144,7 @@ def test_measures_then_decisions_with_datacomp_defaults(tmp_path, pairs, client)
 
 
 def test_thresholds_come_from_the_recipe_and_rerun_resumes(tmp_path, pairs, client):
-    pipe = recipe(tmp_path, pairs, min_side=100, max_aspect=4.0, drop_uninformative=True, langs=["en", "de"])
+    pipe = recipe(tmp_path, pairs, min_side=100, max_aspect_ratio=4.0, drop_uninformative=True, language={"languages": ["en", "de"]})
     filt.run(pipe, client=client, echo=lambda *_: None)
     side = pd.concat(pd.read_parquet(p) for p in sorted(Path(pipe.stage_dir("filter")).glob("0*.parquet")))
     reasons = dict(zip(side["key"], side["drop_reason"].astype(object).where(side["drop_reason"].notna(), None)))

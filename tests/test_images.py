@@ -91,7 +91,7 @@ def test_large_jpeg_decodes_reduced_and_stays_faithful():
 
 
 def test_filters_and_bad_input():
-    cfg = ImageConfig(min_image_size=200, max_aspect_ratio=3.0, max_image_area=2_000_000)
+    cfg = ImageConfig(min_side=200, max_aspect_ratio=3.0, max_image_area=2_000_000)
     assert process(encoded(150, 400), cfg).status == "skipped_too_small"
     assert process(encoded(1000, 300), cfg).status == "skipped_aspect_ratio"
     assert process(encoded(1600, 1600), cfg).status == "skipped_too_large"

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mmdata import shards as io
+from mmdata import fsio, samples
 from mmdata.config import Pipeline, parse
 from mmdata.stages import check, interleaved
 from mmdata.warc import read_warc
@@ -29,9 +29,9 @@ def _pipe(workdir, srv, section: dict, **extra) -> Pipeline:
 
 
 def _outputs(out):
-    meta = pd.concat([io.read_parquet(f) for f in io.expand(f"{out}/0*.parquet")], ignore_index=True)
-    samples = [io.decode(s) for f in io.expand(f"{out}/0*.tar") for s in io.read_shard(f)]
-    return meta, samples
+    meta = pd.concat([fsio.read_parquet(f) for f in fsio.expand(f"{out}/0*.parquet")], ignore_index=True)
+    docs = [samples.decode(s) for f in fsio.expand(f"{out}/0*.tar") for s in samples.read_shard(f)]
+    return meta, docs
 
 
 def test_demo_pages_truth_recall_order_and_decoys(demo_docs, client, tmp_path):
@@ -42,7 +42,7 @@ def test_demo_pages_truth_recall_order_and_decoys(demo_docs, client, tmp_path):
     report = interleaved.run(pipe, client=client)
     assert report.ok
     truth = {t["url"]: t for t in map(json.loads, (root / "docs" / "truth.jsonl").read_text().splitlines())}
-    meta, samples = _outputs(tmp_path / "interleaved")
+    meta, docs_out = _outputs(tmp_path / "interleaved")
     # every WARC record accounted for: warcinfo + one response per page
     assert len(meta) == len(truth) + 1 and meta["key"].is_unique
     assert report.funnel["records"] == len(meta)
@@ -58,7 +58,7 @@ def test_demo_pages_truth_recall_order_and_decoys(demo_docs, client, tmp_path):
         if t["near_dup_of"]:
             assert (outcome[url] == "kept") != (outcome[t["near_dup_of"]] == "kept")
     expected = found = 0
-    for s in samples:
+    for s in docs_out:
         rec = s["json"]
         t = truth[rec["url"]]
         slots = [x for x in rec["slots"] if x["type"] == "image"]
@@ -72,7 +72,7 @@ def test_demo_pages_truth_recall_order_and_decoys(demo_docs, client, tmp_path):
             assert f"{x['index']}.{x['ext']}" in s and x["original_width"] >= 150
         paras = [x["text"] for x in rec["slots"] if x["type"] == "text"]
         assert all(any(p in x for x in paras) for p in t["paragraphs"])
-    assert len(samples) >= 15 and found / expected >= 0.95
+    assert len(docs_out) >= 15 and found / expected >= 0.95
     # the check stage validates the shard set: schemas, tar and parquet agree
     rep = check.run(pipe, client=client)
     assert rep.ok and rep.totals()["count"] == len(meta) and rep.totals().get("invalid", 0) == 0
@@ -93,12 +93,12 @@ def test_real_warcs_and_html(shared_data, demo_docs, client, tmp_path):
     pipe = _pipe(tmp_path, srv, {"input": inputs, "files_per_shard": 10, "fetch": mirror})
     report = interleaved.run(pipe, client=client)
     assert report.ok
-    meta, samples = _outputs(tmp_path / "interleaved")
+    meta, docs_out = _outputs(tmp_path / "interleaved")
     n_warc = sum(1 for f in (shared_data / "warc").glob("*.warc.gz") for _ in read_warc(str(f)))
     assert len(meta) == n_warc + 17  # every WARC record and every HTML file has its row
     assert meta["status"].notna().all() and meta["key"].is_unique
     assert (meta["status"].str.startswith("skipped_warc_")).sum() > 0
-    measured = pd.concat([io.read_parquet(f) for f in io.expand(f"{tmp_path}/interleaved/_measure/0*.parquet")])
+    measured = pd.concat([fsio.read_parquet(f) for f in fsio.expand(f"{tmp_path}/interleaved/_measure/0*.parquet")])
     by_url = {r["url"]: r for r in measured.to_dict("records")}
     nature = by_url["https://www.nature.com/articles/d41586-019-02790-3"]
     assert pd.isna(nature["drop_reason"]) and nature["lang"] == "en"
@@ -117,7 +117,7 @@ def test_real_warcs_and_html(shared_data, demo_docs, client, tmp_path):
     assert imgs[:2] == ["https://creativecommons.org/wp-content/uploads/2020/06/cc.xlarge-300x300.png",
                         "https://creativecommons.org/wp-content/uploads/2023/09/wispies_by_fictargraphics_d92tl3a-fullview.jpg"]
     # the final documents: text and the fetched images, in the extracted order
-    docs = {x["json"]["url"]: x for x in samples}
+    docs = {x["json"]["url"]: x for x in docs_out}
     nature_doc = docs["https://www.nature.com/articles/d41586-019-02790-3"]
     images = [x for x in nature_doc["json"]["slots"] if x["type"] == "image"]
     assert [x["url"] for x in images] == [x["url"] for x in slots if x["type"] == "image"]
@@ -128,8 +128,8 @@ def test_real_warcs_and_html(shared_data, demo_docs, client, tmp_path):
     assert [x["url"] for x in mission_doc["json"]["slots"] if x["type"] == "image"][:2] == imgs[:2]
     german = meta[meta["url"].str.contains("correctiv.org", na=False)]
     assert german["drop_reason"].tolist() == ["lang_not_en"]
-    funnel = io.read_json(str(tmp_path / "interleaved" / "_funnel.json"))
-    assert funnel["records"] == len(meta) and funnel["kept"] == len(samples)
+    funnel = fsio.read_json(str(tmp_path / "interleaved" / "_funnel.json"))
+    assert funnel["records"] == len(meta) and funnel["kept"] == len(docs_out)
 
 
 def test_malformed_warc_is_counted_not_fatal(shared_data, tmp_path):
@@ -191,12 +191,12 @@ def test_url_list_pages_fetched_politely(demo_docs, client, tmp_path):
     srv.reset()
     pipe = _pipe(tmp_path, srv, {"input": str(tmp_path / "pages.txt")})
     assert interleaved.run(pipe, client=client).ok
-    meta, samples = _outputs(tmp_path / "interleaved")
+    meta, docs_out = _outputs(tmp_path / "interleaved")
     by_url = meta.set_index("url")
     assert len(meta) == len(good) + 2 and set(by_url.index) == {t["url"] for t in good} | {blocked, missing}
     assert by_url.loc[blocked, "status"] == "skipped_robots"
     assert by_url.loc[missing, "status"] == "failed_to_download"
-    docs = {s["json"]["url"]: s["json"] for s in samples}
+    docs = {s["json"]["url"]: s["json"] for s in docs_out}
     assert set(docs) == {t["url"] for t in good}
     for t in good:
         got = [x["url"] for x in docs[t["url"]]["slots"] if x["type"] == "image"]

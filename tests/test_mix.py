@@ -21,7 +21,7 @@ from mmdata import config as cfgmod
 from mmdata.cli import app
 from mmdata.config import ConfigError, Mixture
 from mmdata.mix import MixDataset, MixError, MixExhausted, Plan, loader
-from mmdata.shards import ShardWriter
+from mmdata.samples import ShardWriter
 
 ROOT = Path(__file__).resolve().parent.parent
 N_PAIRS, N_DOCS, N_TEXT = 300, 200, 120
@@ -357,9 +357,9 @@ def test_cli_mix_stats(data, tmp_path):
 
 
 def test_range_reader_matches_shard_reader(data):
-    """The sampler's seeking tar reader gives exactly what mmdata.shards gives, for any range."""
+    """The sampler's seeking tar reader gives exactly what mmdata.samples gives, for any range."""
     from mmdata.mix.reader import count_samples, read_tar
-    from mmdata.shards import read_shard
+    from mmdata.samples import read_shard
 
     root, _ = data
     for url in sorted(map(str, root.glob("*/*.tar"))):

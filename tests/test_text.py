@@ -8,7 +8,7 @@ import sys
 import pandas as pd
 import yaml
 
-from mmdata import shards as io
+from mmdata import fsio, samples
 from mmdata.config import load
 from mmdata.stages import check
 from mmdata.warc import read_warc
@@ -28,10 +28,10 @@ def test_text_cli_real_pages(shared_data, client, tmp_path):
     assert res.returncode == 0, res.stderr
     assert "funnel" in res.stdout and "lang_not_en" in res.stdout
     out = tmp_path / "work" / "text"
-    meta = pd.concat([io.read_parquet(f) for f in io.expand(f"{out}/0*.parquet")], ignore_index=True)
+    meta = pd.concat([fsio.read_parquet(f) for f in fsio.expand(f"{out}/0*.parquet")], ignore_index=True)
     n_warc = sum(1 for f in (shared_data / "warc").glob("sample-000*.warc.gz") for _ in read_warc(str(f)))
     assert len(meta) == 17 + n_warc and meta["key"].is_unique
-    docs = {s["json"]["url"]: s for f in io.expand(f"{out}/0*.tar") for s in map(io.decode, io.read_shard(f))}
+    docs = {s["json"]["url"]: s for f in fsio.expand(f"{out}/0*.tar") for s in map(samples.decode, samples.read_shard(f))}
     nature = docs["https://www.nature.com/articles/d41586-019-02790-3"]["txt"]
     assert "The Five-hundred-meter Aperture Spherical Radio Telescope (FAST) in southern China" in nature
     assert nature.index("The world’s largest single-dish") < nature.index("During the testing phase, the telescope")
@@ -42,7 +42,7 @@ def test_text_cli_real_pages(shared_data, client, tmp_path):
     # allenai.org was crawled three times: one copy kept, the others are duplicates of it
     ai = meta[meta["url"] == "https://allenai.org/"]
     assert (ai["status"] == "success").sum() <= 1 and ai["drop_reason"].str.startswith("duplicate_url_of:").sum() == 2
-    funnel = io.read_json(str(out / "_funnel.json"))
+    funnel = fsio.read_json(str(out / "_funnel.json"))
     assert funnel["records"] == len(meta) and funnel["kept"] == len(docs) > 5
     rep = check.run(load(recipe), client=client)
     assert rep.ok and rep.totals().get("invalid", 0) == 0 and rep.totals()["count"] == len(meta)

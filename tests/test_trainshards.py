@@ -18,12 +18,11 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from mmdata import fsio, samples, schema
 from mmdata import manifest as mf
-from mmdata import schema
-from mmdata import shards as io
 from mmdata.cli import app
 from mmdata.config import Pipeline, parse
-from mmdata.stages import shards as stage
+from mmdata.stages import training_shards as stage
 
 N_SHARDS, PER_SHARD = 3, 8
 
@@ -35,7 +34,7 @@ def jpeg(i: int) -> bytes:
 
 
 def finish(folder: Path, sid: str, n: int, kept_n: int) -> None:
-    io.write_json(str(folder / f"{sid}_stats.json"), {"count": n, "successes": kept_n, "status_dict": {}})
+    fsio.write_json(str(folder / f"{sid}_stats.json"), {"count": n, "successes": kept_n, "status_dict": {}})
 
 
 def make_inputs(work: Path) -> dict:
@@ -48,7 +47,7 @@ def make_inputs(work: Path) -> dict:
     for s in range(N_SHARDS):
         sid = f"{s:05d}"
         meta, fcols, ccols, rcols = [], [], [], []
-        with io.TarSink(str(dl / f"{sid}.tar")) as sink:
+        with samples.TarSink(str(dl / f"{sid}.tar")) as sink:
             for i in range(PER_SHARD):
                 key = f"{sid}{i:04d}"
                 n = s * PER_SHARD + i
@@ -79,16 +78,16 @@ def make_inputs(work: Path) -> dict:
                     expect["images"][key] = img
                     if i % 2 == 0:
                         expect["synthetic"][key] = f"a photo of thing {n}"
-        io.write_parquet(str(dl / f"{sid}.parquet"), pd.DataFrame(meta))
+        fsio.write_parquet(str(dl / f"{sid}.parquet"), pd.DataFrame(meta))
         finish(dl, sid, PER_SHARD, PER_SHARD - 1)
         for folder, rows in ((flt, fcols), (clip, ccols), (recap, rcols)):
-            io.write_parquet(str(folder / f"{sid}.parquet"), pd.DataFrame(rows))
+            fsio.write_parquet(str(folder / f"{sid}.parquet"), pd.DataFrame(rows))
             finish(folder, sid, PER_SHARD, PER_SHARD)
 
     for s in range(2):
         sid = f"{s:05d}"
         meta = []
-        with io.TarSink(str(work / "interleaved" / f"{sid}.tar")) as sink:
+        with samples.TarSink(str(work / "interleaved" / f"{sid}.tar")) as sink:
             for i in range(4):
                 key = f"{sid}{i:04d}"
                 meta.append({"key": key, "status": "success", "error_message": None})
@@ -100,11 +99,11 @@ def make_inputs(work: Path) -> dict:
                             "json": {"key": key, "kind": "interleaved", "schema_version": 1,
                                      "url": f"http://a.test/{key}", "slots": slots}})
                 expect["interleaved"].add(key)
-        io.write_parquet(str(work / "interleaved" / f"{sid}.parquet"), pd.DataFrame(meta))
+        fsio.write_parquet(str(work / "interleaved" / f"{sid}.parquet"), pd.DataFrame(meta))
         finish(work / "interleaved", sid, 4, 4)
 
     meta = []
-    with io.TarSink(str(work / "text" / "00000.tar")) as sink:
+    with samples.TarSink(str(work / "text" / "00000.tar")) as sink:
         for i in range(5):
             key = f"00000{i:04d}"
             meta.append({"key": key, "status": "success", "error_message": None})
@@ -112,7 +111,7 @@ def make_inputs(work: Path) -> dict:
             sink.write({"__key__": key, "txt": text, "json": {"key": key, "kind": "text", "schema_version": 1,
                                                              "url": f"http://t.test/{i}", "n_chars": len(text)}})
             expect["text"].add(key)
-    io.write_parquet(str(work / "text" / "00000.parquet"), pd.DataFrame(meta))
+    fsio.write_parquet(str(work / "text" / "00000.parquet"), pd.DataFrame(meta))
     finish(work / "text", "00000", 5, 5)
     return expect
 
@@ -138,7 +137,7 @@ def built(inputs, client):
 
 
 def samples_of(manifest_url: str) -> list[dict]:
-    return [s for url in mf.urls(manifest_url) for s in io.read_shard(url)]
+    return [s for url in mf.urls(manifest_url) for s in samples.read_shard(url)]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,12 +8,11 @@ import json
 import pandas as pd
 
 from mmdata import manifest as mf
-from mmdata import schema
-from mmdata import shards as io
+from mmdata import samples, schema
 from mmdata.config import Pipeline
 from mmdata.stages import dedup as dedup_stage
 from mmdata.stages import filter as filter_stage
-from mmdata.stages import shards as stage
+from mmdata.stages import training_shards as stage
 from mmdata.store import ShardSet, kept, table
 
 
@@ -38,12 +37,12 @@ def test_demo_download_and_filter_to_training_shards(downloaded, client, tmp_pat
         df = table(source, sid, {"filter": str(tmp_path / "filter"), "dedup": str(tmp_path / "dedup")})
         expected |= set(df.loc[kept(df), "key"])
     folder = str(tmp_path / "shards" / "captions")
-    samples = [s for url in mf.urls(folder) for s in io.read_shard(url)]
-    keys = [s["__key__"] for s in samples]
+    written = [s for url in mf.urls(folder) for s in samples.read_shard(url)]
+    keys = [s["__key__"] for s in written]
     assert len(keys) == len(set(keys)) and set(keys) == expected and 0 < len(expected)
     assert mf.verify(folder) == []
     originals = {s["__key__"]: s for sid in source.ids() for s in source.samples(sid) if s["__key__"] in expected}
-    for s in samples:
+    for s in written:
         rec = json.loads(s["json"])
         assert schema.errors("pair", rec) == []
         assert "filter.lang" in rec["scores"] and rec["source"]["set"] == "download"

@@ -57,7 +57,7 @@ def run(
             shutil.rmtree(pipe.workdir)
         if "clipscore" in (stages or pipe.stages):
             # no CLIP weights can be downloaded here: a tiny one learns the demo corpus in seconds
-            from mmdata.models.tiny_clip import ensure_tiny_clip
+            from mmdata.demo.tiny_clip import ensure_tiny_clip
 
             ensure_tiny_clip(folder, pipe.section("clipscore").model, echo=echo)
         reports = pl.run(pipe, stages, overwrite=overwrite, echo=echo)

@@ -26,11 +26,11 @@ import xxhash
 from torch.utils.data import IterableDataset, get_worker_info
 
 from mmdata import config as cfgmod
-from mmdata import shards as io
 from mmdata.config import MixSource, Mixture
 from mmdata.mix import reader
 from mmdata.mix.decode import Decoder, estimate_tokens, meta
 from mmdata.mix.plan import MixError, MixExhausted, Plan, tag
+from mmdata.samples import read_shard
 
 FORMAT = "mmdata.mix/1"
 
@@ -106,7 +106,7 @@ class MixDataset(IterableDataset):
         so every rank gets the same number)."""
         seen: list[int] = []
         for url, _ in src.shards:
-            for sample in io.read_shard(url):
+            for sample in read_shard(url):
                 seen.append(estimate_tokens(sample, self.mix.decode))
                 if len(seen) >= self.mix.token_probe:
                     return float(np.mean(seen))

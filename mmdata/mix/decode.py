@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mmdata.config import MixDecodeConfig
-from mmdata.shards import IMAGE_EXTS, image_member
+from mmdata.samples import IMAGE_EXTS, image_member
 
 
 @dataclass

@@ -21,7 +21,7 @@ from io import BufferedReader
 
 import fsspec
 
-from mmdata import shards as io
+from mmdata import fsio, samples
 from mmdata.mix.plan import MixError, rng, tag
 
 MANIFEST = "manifest.json"
@@ -66,14 +66,14 @@ def catalogue(name: str, patterns: str | list[str]) -> list[tuple[str, int]]:
     if isinstance(patterns, str) and patterns.endswith(".json"):  # a manifest names the shards itself
         base = patterns.rsplit("/", 1)[0]
         counts = manifest_counts(_read_manifest(name, patterns))
-        return [(io.join(base, k), v) for k, v in counts.items() if v > 0]
-    urls = io.expand(patterns)
+        return [(fsio.join(base, k), v) for k, v in counts.items() if v > 0]
+    urls = fsio.expand(patterns)
     if not urls:
         raise MixError(f"source '{name}': {patterns!r} matched no shards")
     known: dict[str, int] = {}
-    beside = io.join(urls[0].rsplit("/", 1)[0], MANIFEST) if "/" in urls[0] else MANIFEST
+    beside = fsio.join(urls[0].rsplit("/", 1)[0], MANIFEST) if "/" in urls[0] else MANIFEST
     try:
-        known = manifest_counts(io.read_json(beside))
+        known = manifest_counts(fsio.read_json(beside))
     except (FileNotFoundError, OSError, ValueError):
         pass  # no manifest: count by reading
     todo = [u for u in urls if posixpath.basename(u) not in known]
@@ -90,7 +90,7 @@ def catalogue(name: str, patterns: str | list[str]) -> list[tuple[str, int]]:
 
 def _read_manifest(name: str, url: str):
     try:
-        return io.read_json(url)
+        return fsio.read_json(url)
     except (FileNotFoundError, OSError, ValueError) as e:
         raise MixError(f"source '{name}': cannot read manifest {url}: {e}") from None
 
@@ -135,14 +135,14 @@ def _pax(data: bytes) -> dict[str, str]:
 
 
 def read_tar(url: str, start: int = 0, stop: int | None = None, *, data: bool = True) -> Iterator[dict]:
-    """Samples [start, stop) of an uncompressed tar as `mmdata.shards` gives them (same keys, same
+    """Samples [start, stop) of an uncompressed tar as `mmdata.samples` gives them (same keys, same
     unsafe-name rule), parsing only the header fields a sample needs and seeking over the data of
-    samples before `start`. Compressed tars go through `mmdata.shards.read_shard`."""
+    samples before `start`. Compressed tars go through `mmdata.samples.read_shard`."""
     with fsspec.open(url, "rb") as f:
         head = f.read(512)
         if head[:2] == b"\x1f\x8b" or head[:3] == b"BZh" or head[:6] == b"\xfd7zXZ\x00":
             f.close()
-            for i, sample in enumerate(io.read_shard(url)):
+            for i, sample in enumerate(samples.read_shard(url)):
                 if stop is not None and i >= stop:
                     return
                 if i >= start:
@@ -161,7 +161,7 @@ def read_tar(url: str, start: int = 0, stop: int | None = None, *, data: bool = 
                 continue
             name = pax.get("path") or _name(head)
             pax = {}
-            key, ext = io.split_name(name) if kind in (b"0", b"\0") and io.safe_member(name) else ("", "")
+            key, ext = samples.split_name(name) if kind in (b"0", b"\0") and samples.safe_member(name) else ("", "")
             if ext and key != last:
                 index, last = index + 1, key
                 if current is not None:

@@ -14,14 +14,10 @@ import math
 
 import pandas as pd
 
-from mmdata import schema
-from mmdata import shards as io
+from mmdata import fsio, samples, schema
 from mmdata.config import Pipeline
-from mmdata.engine import Report, Shard, Stage
-from mmdata.engine import run as run_stage
+from mmdata.engine import Report, Shard, Stage, map_shards
 from mmdata.store import ShardSet
-
-IMAGE_EXTS = ("jpg", "png", "webp")
 
 
 def sample_errors(sample: dict) -> tuple[str | None, list[str]]:
@@ -38,13 +34,13 @@ def sample_errors(sample: dict) -> tuple[str | None, list[str]]:
     problems = schema.errors(kind, record)
     if record.get("key") != sample["__key__"]:
         problems.append(f"json key {record.get('key')!r} differs from member key {sample['__key__']!r}")
-    if kind == "pair" and not any(ext in sample for ext in IMAGE_EXTS):
+    if kind == "pair" and samples.image_member(sample) is None:
         problems.append("pair without an image member")
     if kind == "text" and "txt" not in sample:
         problems.append("text document without a txt member")
     if kind == "interleaved":
         for slot in record.get("slots", []):
-            if slot.get("type") == "image" and not any(f"{slot.get('index')}.{e}" in sample for e in IMAGE_EXTS):
+            if slot.get("type") == "image" and samples.image_member(sample, slot.get("index")) is None:
                 problems.append(f"image slot {slot.get('index')} has no image member")
     return record.get("key"), problems
 
@@ -53,7 +49,7 @@ class Check(Stage):
     name = "check"
 
     def process(self, shard: Shard, out: str) -> dict:
-        meta = io.read_parquet(shard.urls["meta"])
+        meta = fsio.read_parquet(shard.input.meta)
         problems: dict[str, list[str]] = {k: [] for k in meta["key"]}
         for row in meta.to_dict("records"):
             row = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
@@ -63,8 +59,8 @@ class Check(Stage):
                 problems[key].append("key appears twice in metadata")
         success = set(meta.loc[meta["status"] == "success", "key"])
         seen: set[str] = set()
-        tar = shard.urls["tar"]
-        for sample in io.read_shard(tar) if io.exists(tar) else ():
+        tar = shard.input.tar
+        for sample in samples.read_shard(tar) if fsio.exists(tar) else ():
             key = sample["__key__"]
             _, errs = sample_errors(sample)
             if key in seen:
@@ -79,7 +75,7 @@ class Check(Stage):
             problems[key].append("status success but no sample in tar")
         keys = sorted(problems)
         errors = ["; ".join(problems[k]) or None for k in keys]
-        io.write_parquet(io.join(out, f"{shard.id}.parquet"), pd.DataFrame({"key": keys, "valid": [e is None for e in errors], "error": errors}))
+        fsio.write_parquet(fsio.join(out, f"{shard.id}.parquet"), pd.DataFrame({"key": keys, "valid": [e is None for e in errors], "error": errors}))
         n_bad = sum(e is not None for e in errors)
         return {"count": len(keys), "successes": len(keys) - n_bad, "status_dict": {"valid": len(keys) - n_bad, "invalid": n_bad}}
 
@@ -87,4 +83,4 @@ class Check(Stage):
 def run(pipeline: Pipeline, *, client=None, overwrite: bool = False) -> Report:
     cfg = pipeline.section("check")
     shards = ShardSet(cfg.input or pipeline.output("download")).require("check")
-    return run_stage(Check(), shards, pipeline.stage_dir("check"), pipeline.engine, client=client, overwrite=overwrite)
+    return map_shards(Check(), shards, pipeline.stage_dir("check"), pipeline.engine, client=client, overwrite=overwrite)

@@ -31,10 +31,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from mmdata import shards as sio
+from mmdata import fsio, samples
 from mmdata.config import ClipScoreConfig, Pipeline
-from mmdata.engine import Report, Shard, Stage, cluster, digest
-from mmdata.engine import run as run_stage
+from mmdata.engine import Report, Shard, Stage, cluster, digest, map_shards
 from mmdata.models.clip import cosine
 from mmdata.store import ShardSet, kept, table
 
@@ -114,7 +113,7 @@ class ClipScore(Stage):
 
     def process(self, shard: Shard, out: str) -> dict:
         o, enc = self.opts, self.encoder
-        meta = sio.read_parquet(shard.urls["meta"])
+        meta = fsio.read_parquet(shard.input.meta)
         keys = meta["key"].astype(str).tolist()
         n = len(keys)
         row = {k: i for i, k in enumerate(keys)}
@@ -126,9 +125,9 @@ class ClipScore(Stage):
         tar_captions = "caption" not in meta  # fall back on the tar's {key}.txt
 
         def images() -> Iterator[tuple[str, bytes]]:
-            if not sio.exists(shard.urls["tar"]):
+            if not fsio.exists(shard.input.tar):
                 return
-            for sample in sio.read_shard(shard.urls["tar"]):
+            for sample in samples.read_shard(shard.input.tar):
                 key = sample["__key__"]
                 i = row.get(key)
                 if i is None or status[i] != "success":
@@ -138,7 +137,7 @@ class ClipScore(Stage):
                 if captions[i] is None or not captions[i].strip():
                     status[i] = "skipped_no_caption"
                     continue
-                data = sio.image_member(sample)
+                data = samples.image_member(sample)
                 if data is None:
                     continue
                 seen.add(key)
@@ -191,12 +190,12 @@ class ClipScore(Stage):
                 arrays["synthetic_text"] = _stack(emb_syn)
             buf = io.BytesIO()
             np.savez(buf, **arrays)
-            sio.atomic_write(sio.join(out, f"{shard.id}.emb.npz"), buf.getvalue())
+            fsio.atomic_write(fsio.join(out, f"{shard.id}.emb.npz"), buf.getvalue())
         side = pd.DataFrame({"key": keys, "status": status, "error_message": error, "score": score})
         if has_syn:
             side["synthetic_score"] = syn_score
         side["drop_reason"] = side["status"].map(REASONS)
-        sio.write_parquet(sio.join(out, f"{shard.id}.parquet"), side)
+        fsio.write_parquet(fsio.join(out, f"{shard.id}.parquet"), side)
         counts = Counter(side["status"])
         return {"count": n, "successes": counts.get("success", 0), "status_dict": dict(sorted(counts.items())),
                 "batch_size": enc.batch_size, "model_seconds": round(model_s, 4)}
@@ -216,7 +215,7 @@ def _bin(scores: np.ndarray) -> np.ndarray:
 
 def _pool_scores(out: str, sid: str, base: str | None, after: dict[str, str]) -> np.ndarray:
     """The shard's scores that belong to the pool: scored, and kept by the `pool_after` stages."""
-    side = sio.read_parquet(sio.join(out, f"{sid}.parquet"), columns=["key", "score"])
+    side = fsio.read_parquet(fsio.join(out, f"{sid}.parquet"), columns=["key", "score"])
     if after:
         t = table(ShardSet(base), sid, after)
         side = side[side["key"].isin(set(t.loc[kept(t), "key"]))]
@@ -238,13 +237,13 @@ def _in_bin(out, sid, base, after, b: int) -> np.ndarray:
 
 
 def _apply(out: str, sid: str, threshold: float | None) -> dict:
-    url = sio.join(out, f"{sid}.parquet")
-    side = sio.read_parquet(url)
+    url = fsio.join(out, f"{sid}.parquet")
+    side = fsio.read_parquet(url)
     reason = side["status"].map(REASONS)
     if threshold is not None:
         reason = reason.mask(side["score"].notna() & (side["score"] < threshold), LOW)
     side["drop_reason"] = reason.astype(object).where(reason.notna(), None)
-    sio.write_parquet(url, side)
+    fsio.write_parquet(url, side)
     return {"count": len(side), "scored": int(side["score"].notna().sum()),
             "dropped": {k: int(v) for k, v in side["drop_reason"].value_counts().items()}}
 
@@ -284,7 +283,7 @@ def decide(client, cfg: ClipScoreConfig, out: str, ids: list[str], base: str, af
         "scored": sum(r["scored"] for r in results), "dropped": dict(sorted(dropped.items())),
         "kept": sum(r["scored"] for r in results) - dropped.get(LOW, 0),
     }
-    sio.write_json(sio.join(out, "_decision.json"), decision)
+    fsio.write_json(fsio.join(out, "_decision.json"), decision)
     return decision
 
 
@@ -322,7 +321,7 @@ def run(pipeline: Pipeline, *, client=None, overwrite: bool = False) -> ClipRepo
 
 
 def _run(pipeline, cfg, shards, source, out, after, client, overwrite) -> ClipReport:
-    report = run_stage(ClipScore(cfg), shards, out, pipeline.engine, client=client, overwrite=overwrite)
+    report = map_shards(ClipScore(cfg), shards, out, pipeline.engine, client=client, overwrite=overwrite)
     result = ClipReport(**vars(report))
     if report.ok:
         result.decision = decide(client, cfg, out, [s.id for s in shards], source.url, after)

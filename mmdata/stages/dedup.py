@@ -27,16 +27,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 
 import fsspec
 import numpy as np
 import pandas as pd
 
+from mmdata import fsio
 from mmdata import phash as ph
-from mmdata import shards as sio
 from mmdata.config import ConfigError, DedupConfig, Pipeline
-from mmdata.engine import Report, Shard, Stage, cluster, finished
-from mmdata.engine import run as run_stage
+from mmdata.engine import Report, Shard, Stage, cluster, finished, map_shards
 from mmdata.stages.filter import print_funnel, save_funnel
 from mmdata.store import ShardSet
 
@@ -51,7 +51,7 @@ EXACT = {"url": "url", "pair": "pair_hash", "image": "sha256"}
 
 def load_shard(sid: str, meta_url: str, filter_url: str | None) -> pd.DataFrame:
     """The columns dedup needs of one shard's records that are still in the running."""
-    meta = sio.read_parquet(meta_url)
+    meta = fsio.read_parquet(meta_url)
     w = meta["original_width"] if "original_width" in meta else meta["width"]
     h = meta["original_height"] if "original_height" in meta else meta["height"]
     df = pd.DataFrame({
@@ -65,7 +65,7 @@ def load_shard(sid: str, meta_url: str, filter_url: str | None) -> pd.DataFrame:
     captions = meta["caption"].fillna("").astype(str)
     df["pair_hash"] = [_pair_hash(c, s) for c, s in zip(captions, meta["sha256"].fillna(""))]
     if filter_url:
-        side = sio.read_parquet(filter_url, columns=["key", "drop_reason", "phash_variants", "colour"])
+        side = fsio.read_parquet(filter_url, columns=["key", "drop_reason", "phash_variants", "colour"])
         side["key"] = side["key"].astype(np.int64)
         df = df.merge(side, on="key", how="left", validate="one_to_one")
         df["alive"] &= df["drop_reason"].isna().to_numpy()
@@ -233,6 +233,14 @@ class Decider:
 # per-shard sidecars from the global decisions
 
 
+@dataclass(frozen=True)
+class DedupInput:
+    """What dedup reads of one shard: the download metadata and, when filter ran, its sidecar."""
+
+    meta: str
+    filter: str | None = None
+
+
 class WriteDecisions(Stage):
     name = "dedup"
 
@@ -244,7 +252,7 @@ class WriteDecisions(Stage):
 
         with fsspec.open(self.decisions_url, "rb") as f:
             mine = pq.read_table(f, filters=[("shard", "=", shard.id)]).to_pandas()
-        base = load_shard(shard.id, shard.urls["meta"], shard.urls.get("filter"))[["key", "alive"]]
+        base = load_shard(shard.id, shard.input.meta, shard.input.filter)[["key", "alive"]]
         df = base.merge(mine[["key", "drop_reason", "duplicate_of"]], on="key", how="left", validate="one_to_one")
         width = max(9, int(df["key"].astype(str).str.len().max() or 9))
         side = pd.DataFrame({
@@ -253,7 +261,7 @@ class WriteDecisions(Stage):
             "drop_reason": df["drop_reason"].astype("string"),
             "duplicate_of": df["duplicate_of"].astype("string"),
         })
-        sio.write_parquet(sio.join(out, f"{shard.id}.parquet"), side)
+        fsio.write_parquet(fsio.join(out, f"{shard.id}.parquet"), side)
         reasons = side["drop_reason"].str.split(":").str[0]
         status = reasons.where(side["considered"], "not_considered").fillna("kept")
         return {
@@ -296,27 +304,26 @@ def run(pipeline: Pipeline, *, client=None, overwrite: bool = False, echo=print)
     if use_filter and (missing := sorted(set(ids) - finished(filter_dir))):
         raise ConfigError(f"dedup: filter has not finished shards {', '.join(missing[:5])} (run `filter` first)")
     out = pipeline.stage_dir("dedup")
-    shards = [Shard(i, {"meta": source.meta(i), **({"filter": sio.join(filter_dir, f"{i}.parquet")} if use_filter else {})})
-              for i in ids]
-    decisions_url, inputs_url = sio.join(out, "_decisions.parquet"), sio.join(out, "_inputs.json")
+    shards = [Shard(i, DedupInput(source.meta(i), fsio.join(filter_dir, f"{i}.parquet") if use_filter else None)) for i in ids]
+    decisions_url, inputs_url = fsio.join(out, "_decisions.parquet"), fsio.join(out, "_inputs.json")
     fingerprint = _fingerprint(cfg, ids) + ("+filter" if use_filter else "")
-    fresh = overwrite or not sio.exists(decisions_url) or not sio.exists(inputs_url) \
-        or sio.read_json(inputs_url).get("fingerprint") != fingerprint
+    fresh = overwrite or not fsio.exists(decisions_url) or not fsio.exists(inputs_url) \
+        or fsio.read_json(inputs_url).get("fingerprint") != fingerprint
     if fresh:
         import dask
         import dask.dataframe as dd
 
         # dask would turn every object column into strings: hash lists and thumbnails are not text
         with dask.config.set({"dataframe.convert-string": False}):
-            ddf = dd.from_map(load_shard, ids, [s.urls["meta"] for s in shards], [s.urls.get("filter") for s in shards])
+            ddf = dd.from_map(load_shard, ids, [s.input.meta for s in shards], [s.input.filter for s in shards])
             ddf = client.persist(ddf)
             found = Decider(cfg, client, cfg.partitions or len(ids)).run(ddf)
             keys = client.compute(ddf[["key", "shard", "alive"]]).result()
             width = max(9, len(str(int(keys["key"].max()))) if len(keys) else 9)
             table = decisions_table(found, keys.set_index("key")["shard"], width)
-        sio.write_parquet(decisions_url, table)
+        fsio.write_parquet(decisions_url, table)
         kept = keys[keys["alive"] & ~keys["key"].isin(table["key"])].sort_values("key")
-        sio.write_parquet(sio.join(out, "_keep.parquet"), pd.DataFrame({
+        fsio.write_parquet(fsio.join(out, "_keep.parquet"), pd.DataFrame({
             "key": kept["key"].astype(str).str.zfill(width).to_numpy(), "shard": kept["shard"].to_numpy()}))
         counts = table["rule"].value_counts()
         f = {"input": int(keys["alive"].sum())}
@@ -324,9 +331,9 @@ def run(pipeline: Pipeline, *, client=None, overwrite: bool = False, echo=print)
         f["kept"] = len(kept)
         save_funnel(out, f)
         # last: its fingerprint says the decisions above are complete
-        sio.write_json(inputs_url, {"fingerprint": fingerprint, "shards": ids})
-    report = run_stage(WriteDecisions(decisions_url), shards, out, pipeline.engine, client=client,
-                       overwrite=overwrite or fresh)
+        fsio.write_json(inputs_url, {"fingerprint": fingerprint, "shards": ids})
+    report = map_shards(WriteDecisions(decisions_url), shards, out, pipeline.engine, client=client,
+                        overwrite=overwrite or fresh)
     if report.ok:
-        print_funnel("dedup", json.loads(sio.read_bytes(sio.join(out, "_funnel.json"))), echo)
+        print_funnel("dedup", json.loads(fsio.read_bytes(fsio.join(out, "_funnel.json"))), echo)
     return report

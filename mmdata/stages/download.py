@@ -26,14 +26,13 @@ import math
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import pandas as pd
 
-from mmdata import images, inputs
-from mmdata import shards as io
+from mmdata import fsio, images, inputs, samples
 from mmdata.config import ConfigError, DownloadConfig, Pipeline
-from mmdata.engine import Report, Shard, Stage, digest, finished, stats_url
-from mmdata.engine import run as run_engine
+from mmdata.engine import Report, Shard, Stage, digest, finished, map_shards, stats_url
 from mmdata.fetch import Fetcher, FetchResult
 
 RESULT_COLUMNS = ("key", "status", "error_message", "url", "caption", "width", "height", "original_width",
@@ -66,10 +65,10 @@ def _manifest_spec(cfg: DownloadConfig) -> dict:
 
 def partition(cfg: DownloadConfig, out: str, overwrite: bool = False) -> list[str]:
     """Cut the input into shard input files (once); returns the shard ids."""
-    manifest_url = io.join(out, "_inputs", "_manifest.json")
+    manifest_url = fsio.join(out, "_inputs", "_manifest.json")
     spec = _manifest_spec(cfg)
-    if not overwrite and io.exists(manifest_url):
-        manifest = io.read_json(manifest_url)
+    if not overwrite and fsio.exists(manifest_url):
+        manifest = fsio.read_json(manifest_url)
         if manifest["spec"] != spec:
             changed = ", ".join(k for k in spec if manifest["spec"].get(k) != spec[k])
             raise ConfigError(f"download: {out} was partitioned with other input settings ({changed}); "
@@ -82,15 +81,22 @@ def partition(cfg: DownloadConfig, out: str, overwrite: bool = False) -> list[st
         sid = f"{n:05d}"
         # carried columns never clobber ours: a carried `status` becomes `input_status`
         frame = frame.rename(columns={c: f"input_{c}" for c in frame.columns if c in RESERVED and c not in ("url", "caption")})
-        io.write_parquet(io.join(out, "_inputs", f"{sid}.parquet"), frame)
+        fsio.write_parquet(fsio.join(out, "_inputs", f"{sid}.parquet"), frame)
         ids.append(sid)
         total += len(frame)
-    io.write_json(manifest_url, {"spec": spec, "shards": ids, "rows": total})
+    fsio.write_json(manifest_url, {"spec": spec, "shards": ids, "rows": total})
     return ids
 
 
 # ---------------------------------------------------------------------------------------------
 # the stage
+
+
+@dataclass(frozen=True)
+class InputRows:
+    """A download shard's input: its rows, cut once by `partition` (`_inputs/{id}.parquet`)."""
+
+    url: str
 
 
 class Download(Stage):
@@ -104,21 +110,21 @@ class Download(Stage):
         return digest(self.cfg)  # not `retry_failed`: the retry pass redoes finished shards on purpose
 
     def process(self, shard: Shard, out: str) -> dict:
-        rows = io.read_parquet(shard.urls["input"])
+        rows = fsio.read_parquet(shard.input.url)
         n = len(rows)
         if n > 10_000:
             raise ValueError(f"shard {shard.id} has {n} rows; keys allow 10000")
         carried = [c for c in rows.columns if c not in ("url", "caption")]
-        meta_url, tar_url = io.join(out, f"{shard.id}.parquet"), io.join(out, f"{shard.id}.tar")
+        meta_url, tar_url = fsio.join(out, f"{shard.id}.parquet"), fsio.join(out, f"{shard.id}.tar")
         prev = None
-        if self.retry_failed and io.exists(stats_url(out, shard.id)) and io.exists(meta_url):
-            prev = io.read_parquet(meta_url)
+        if self.retry_failed and fsio.exists(stats_url(out, shard.id)) and fsio.exists(meta_url):
+            prev = fsio.read_parquet(meta_url)
             if len(prev) != n:
                 raise ValueError(f"shard {shard.id}: previous metadata has {len(prev)} rows, input {n}")
         todo = [i for i in range(n) if prev is None or failed(prev["status"].iat[i])]
         records: list[dict | None] = [None] * n
-        old_samples = io.read_shard(tar_url) if prev is not None and io.exists(tar_url) else iter(())
-        sink = io.TarSink(tar_url, checksum=False)
+        old_samples = samples.read_shard(tar_url) if prev is not None and fsio.exists(tar_url) else iter(())
+        sink = samples.TarSink(tar_url, checksum=False)
         writer = _InOrder(shard.id, n, sink, old_samples)
         if prev is not None:
             again = set(todo)
@@ -145,7 +151,7 @@ class Download(Stage):
             sink.discard()
             raise
         meta = pd.DataFrame.from_records(records, columns=[*RESULT_COLUMNS, *carried])
-        io.write_parquet(meta_url, meta)
+        fsio.write_parquet(meta_url, meta)
         counts = Counter(meta["status"])
         return {
             "count": n,
@@ -238,7 +244,7 @@ def _sample(rec: dict, img: images.ImageResult) -> dict:
 class _InOrder:
     """Writes samples to the tar in row order as rows finish in any order (bounded buffering)."""
 
-    def __init__(self, shard_id: str, n: int, sink: io.TarSink, old_samples):
+    def __init__(self, shard_id: str, n: int, sink: samples.TarSink, old_samples):
         self.shard_id, self.n, self.sink, self.old = shard_id, n, sink, old_samples
         self.pending: dict[int, object] = {}
         self.next = 0
@@ -274,7 +280,7 @@ def output(pipeline: Pipeline) -> str:
 
 
 def _has_failures(out: str, sid: str) -> bool:
-    stats = io.read_json(stats_url(out, sid))
+    stats = fsio.read_json(stats_url(out, sid))
     return any(failed(s) and c for s, c in stats["status_dict"].items())
 
 
@@ -283,12 +289,12 @@ def run(pipeline: Pipeline, *, client=None, overwrite: bool = False, retry_faile
     cfg: DownloadConfig = pipeline.section("download")
     out = output(pipeline)
     ids = partition(cfg, out, overwrite=overwrite)
-    shards = [Shard(sid, {"input": io.join(out, "_inputs", f"{sid}.parquet")}) for sid in ids]
+    shards = [Shard(sid, InputRows(fsio.join(out, "_inputs", f"{sid}.parquet"))) for sid in ids]
     stage = Download(cfg, retry_failed=retry_failed)
     if not retry_failed or overwrite:
-        return run_engine(stage, shards, out, pipeline.engine, client=client, overwrite=overwrite)
+        return map_shards(stage, shards, out, pipeline.engine, client=client, overwrite=overwrite)
     done = finished(out)
     todo = [s for s in shards if s.id not in done or _has_failures(out, s.id)]
-    report = run_engine(stage, todo, out, pipeline.engine, client=client, overwrite=True)
+    report = map_shards(stage, todo, out, pipeline.engine, client=client, overwrite=True)
     report.skipped = sorted(set(report.skipped) | {s.id for s in shards if s not in todo})
     return report

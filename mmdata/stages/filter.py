@@ -24,10 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from mmdata import shards as sio
+from mmdata import fsio, samples
 from mmdata.config import FilterConfig, Pipeline
-from mmdata.engine import Report, Shard, Stage, stats_url
-from mmdata.engine import run as run_stage
+from mmdata.engine import Report, Shard, Stage, map_shards, stats_url
 from mmdata.store import ShardSet
 
 # rule order: the funnel counts each dropped record under the first rule it fails
@@ -141,13 +140,19 @@ def failures(m: pd.DataFrame, cfg: FilterConfig) -> dict[str, pd.Series]:
     return {
         "not_downloaded": ~m["downloaded"],
         "undecodable": m["downloaded"] & m["error_message"].notna(),
-        "lang_not_allowed": ~m["lang"].isin(cfg.langs).fillna(False).astype(bool) | (m["lang_score"] < cfg.min_lang_score),
+        "lang_not_allowed": _lang_not_allowed(m, cfg),
         "too_few_words": m["n_words"] < cfg.min_words,
         "too_few_chars": m["n_chars"] < cfg.min_chars,
         "too_small": (m["min_side"] < cfg.min_side).fillna(False).astype(bool),
-        "extreme_aspect": (m["aspect"] > cfg.max_aspect).fillna(False).astype(bool),
+        "extreme_aspect": (m["aspect"] > cfg.max_aspect_ratio).fillna(False).astype(bool),
         "uninformative": (m["uninformative"] >= cfg.uninformative_threshold) & cfg.drop_uninformative,
     }
+
+
+def _lang_not_allowed(m: pd.DataFrame, cfg: FilterConfig) -> pd.Series:
+    want = cfg.language
+    wrong = pd.Series(False, index=m.index) if want.languages is None else ~m["lang"].isin(want.languages).fillna(False).astype(bool)
+    return wrong | (m["lang_score"] < want.min_score)
 
 
 def decide(m: pd.DataFrame, cfg: FilterConfig) -> pd.Series:
@@ -174,15 +179,15 @@ class Filter(Stage):
         langid.load()
 
     def process(self, shard: Shard, out: str) -> dict:
-        meta = sio.read_parquet(shard.urls["meta"])
+        meta = fsio.read_parquet(shard.input.meta)
         images: dict[str, bytes] = {}
-        if sio.exists(shard.urls["tar"]):
-            for sample in sio.read_shard(shard.urls["tar"]):
-                if (data := sio.image_member(sample)) is not None:
+        if fsio.exists(shard.input.tar):
+            for sample in samples.read_shard(shard.input.tar):
+                if (data := samples.image_member(sample)) is not None:
                     images[sample["__key__"]] = data
         m = measure(meta, images, self.cfg)
         m["drop_reason"] = decide(m, self.cfg)
-        sio.write_parquet(sio.join(out, f"{shard.id}.parquet"), m)
+        fsio.write_parquet(fsio.join(out, f"{shard.id}.parquet"), m)
         counts = m["drop_reason"].fillna("kept").value_counts()
         return {
             "count": len(m),
@@ -196,7 +201,7 @@ def funnel(out: str, ids: list[str], rules=RULES) -> dict:
     totals: dict[str, int] = {}
     n = 0
     for sid in ids:
-        stats = sio.read_json(stats_url(out, sid))
+        stats = fsio.read_json(stats_url(out, sid))
         n += stats["count"]
         for k, v in stats["status_dict"].items():
             totals[k] = totals.get(k, 0) + v
@@ -209,7 +214,7 @@ def funnel(out: str, ids: list[str], rules=RULES) -> dict:
 
 def save_funnel(out: str, f: dict) -> None:
     # not write_json: it sorts keys, and a funnel's order is the point
-    sio.atomic_write(sio.join(out, "_funnel.json"), json.dumps(f, indent=1).encode())
+    fsio.atomic_write(fsio.join(out, "_funnel.json"), json.dumps(f, indent=1).encode())
 
 
 def print_funnel(name: str, f: dict, echo=print) -> None:
@@ -227,7 +232,7 @@ def run(pipeline: Pipeline, *, client=None, overwrite: bool = False, echo=print)
     cfg = pipeline.section("filter")
     shards = ShardSet(cfg.input or pipeline.output("download")).require("filter")
     out = pipeline.stage_dir("filter")
-    report = run_stage(Filter(cfg), shards, out, pipeline.engine, client=client, overwrite=overwrite)
+    report = map_shards(Filter(cfg), shards, out, pipeline.engine, client=client, overwrite=overwrite)
     if report.ok:
         f = funnel(out, [s.id for s in shards])
         save_funnel(out, f)

@@ -32,13 +32,11 @@ import numpy as np
 import pandas as pd
 import xxhash
 
+from mmdata import fsio, samples, warc
 from mmdata import html as htmlmod
-from mmdata import shards as io
 from mmdata import textfilters as tf
-from mmdata import warc
 from mmdata.config import ExtractConfig, InterleavedConfig, Pipeline
-from mmdata.engine import Report, Shard, Stage, StageFailed, cluster
-from mmdata.engine import run as run_engine
+from mmdata.engine import Report, Shard, Stage, StageFailed, cluster, map_shards
 from mmdata.minhash import MinHasher, clusters
 
 SCHEMA_VERSION = 1
@@ -61,43 +59,60 @@ def _kind(url: str, declared: str) -> str:
     raise ValueError(f"cannot tell the input format of {url!r}; set input_format")
 
 
-def input_shards(cfg) -> list[Shard]:
+@dataclass(frozen=True)
+class WarcFile:
+    """A document shard read from one WARC file."""
+
+    url: str
+
+
+@dataclass(frozen=True)
+class HtmlFiles:
+    """A document shard read from saved HTML pages."""
+
+    urls: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PageUrls:
+    """A document shard fetched from a slice [start, stop) of a URL list."""
+
+    url: str
+    start: int
+    stop: int
+
+
+def input_shards(cfg) -> list[Shard[WarcFile | HtmlFiles | PageUrls]]:
     """Deterministic shards: a WARC file each, HTML files in groups, URL lists in slices."""
-    files = io.expand(cfg.input)
+    files = fsio.expand(cfg.input)
     if not files:
         raise FileNotFoundError(f"no input files match {cfg.input!r}")
-    shards: list[Shard] = []
+    inputs: list[WarcFile | HtmlFiles | PageUrls] = []
     html_files: list[str] = []
-
-    def add(**urls: str) -> None:
-        shards.append(Shard(f"{len(shards):05d}", urls))
-
     for url in files:
         kind = _kind(url, cfg.input_format)
         if kind == "warc":
-            add(kind="warc", src=url)
+            inputs.append(WarcFile(url))
         elif kind == "html":
             html_files.append(url)
         else:
             n = len(warc.read_url_list(url))
-            for start in range(0, n, cfg.urls_per_shard):
-                add(kind="urls", src=url, start=str(start), stop=str(min(n, start + cfg.urls_per_shard)))
-    for i in range(0, len(html_files), cfg.files_per_shard):
-        add(kind="html", src="\n".join(html_files[i : i + cfg.files_per_shard]))
-    return shards
+            inputs += [PageUrls(url, start, min(n, start + cfg.urls_per_shard)) for start in range(0, n, cfg.urls_per_shard)]
+    inputs += [HtmlFiles(tuple(html_files[i : i + cfg.files_per_shard])) for i in range(0, len(html_files), cfg.files_per_shard)]
+    return [Shard(f"{i:05d}", x) for i, x in enumerate(inputs)]
 
 
 def read_records(shard: Shard, cfg) -> Iterator[warc.Record]:
-    kind, src = shard.urls["kind"], shard.urls["src"]
-    if kind == "warc":
-        yield from warc.read_warc(src, cfg.extract.max_record_bytes)
-    elif kind == "html":
-        for f in src.split("\n"):
+    src = shard.input
+    if isinstance(src, WarcFile):
+        yield from warc.read_warc(src.url, cfg.extract.max_record_bytes)
+    elif isinstance(src, HtmlFiles):
+        for f in src.urls:
             yield warc.read_html(f)
     else:
         from mmdata.fetch import ACCEPT_PAGES, fetch_all
 
-        urls = warc.read_url_list(src)[int(shard.urls["start"]) : int(shard.urls["stop"])]
+        urls = warc.read_url_list(src.url)[src.start : src.stop]
         yield from warc.fetch_pages(urls, lambda u: fetch_all(u, cfg.fetch, ACCEPT_PAGES))
 
 
@@ -170,7 +185,7 @@ class Measure(Stage):
             bands = self.hasher.band_hashes([t for _, t in texts])
             for (row, _), b in zip(texts, bands):
                 row["bands"] = b.tobytes()
-        io.write_parquet(io.join(out, f"{shard.id}.parquet"), pd.DataFrame(rows))
+        fsio.write_parquet(fsio.join(out, f"{shard.id}.parquet"), pd.DataFrame(rows))
         outcome = Counter(r["drop_reason"] or r["status"] for r in rows)
         return {"count": len(rows), "successes": len(texts), "status_dict": dict(outcome)}
 
@@ -247,7 +262,7 @@ class Measure(Stage):
 
 
 def _candidates(url: str, shard_id: str) -> pd.DataFrame:
-    df = io.read_parquet(url)
+    df = fsio.read_parquet(url)
     if "bands" not in df.columns:
         df["bands"] = None
     for col in ("image_set",):
@@ -260,7 +275,7 @@ def _candidates(url: str, shard_id: str) -> pd.DataFrame:
 
 
 def _counts(url: str, keep: set[str], col: str) -> tuple[np.ndarray, np.ndarray]:
-    df = io.read_parquet(url)
+    df = fsio.read_parquet(url)
     if col not in df.columns:
         return np.zeros(0, np.uint64), np.zeros(0, np.int64)
     blobs = df.loc[df["key"].isin(keep), col]
@@ -280,7 +295,7 @@ def _sum_counts(parts: list[tuple[np.ndarray, np.ndarray]], limit: int) -> np.nd
 
 
 def _write_decisions(url: str, out: str, decisions: dict[str, str], banned_images, banned_paras) -> int:
-    df = io.read_parquet(url)
+    df = fsio.read_parquet(url)
     rows = []
     for row in df.to_dict("records"):
         key = row["key"]
@@ -292,13 +307,13 @@ def _write_decisions(url: str, out: str, decisions: dict[str, str], banned_image
             k = _from_u64(row["para_keys"])
             r["drop_paragraphs"] = _u64(k[np.isin(k, banned_paras)])
         rows.append(r)
-    io.write_parquet(out, pd.DataFrame(rows, columns=["key", "drop_reason", "drop_images", "drop_paragraphs"]))
+    fsio.write_parquet(out, pd.DataFrame(rows, columns=["key", "drop_reason", "drop_images", "drop_paragraphs"]))
     return len(rows)
 
 
 def global_dedup(client, measure_dir: str, dedup_dir: str, ids: list[str], cfg) -> dict:
     """Corpus-wide decisions, written as one sidecar per shard and `_done.json` last."""
-    urls = [io.join(measure_dir, f"{i}.parquet") for i in ids]
+    urls = [fsio.join(measure_dir, f"{i}.parquet") for i in ids]
     parts = client.gather(client.map(_candidates, urls, ids, pure=False))
     df = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["key", "url", "date", "image_set", "bands", "shard"])
     # priority: newest first (OBELICS keeps the newest copy), then input order
@@ -331,7 +346,7 @@ def global_dedup(client, measure_dir: str, dedup_dir: str, ids: list[str], cfg) 
     if cfg.max_paragraph_count is not None:
         banned_paras = _sum_counts(client.gather(client.map(_counts, urls, keep=keep_f, col="para_keys", pure=False)),
                                    cfg.max_paragraph_count)
-    outs = [io.join(dedup_dir, f"{i}.parquet") for i in ids]
+    outs = [fsio.join(dedup_dir, f"{i}.parquet") for i in ids]
     client.gather(client.map(_write_decisions, urls, outs, decisions=decisions, banned_images=banned_images,
                              banned_paras=banned_paras, pure=False))
     summary = {
@@ -342,7 +357,7 @@ def global_dedup(client, measure_dir: str, dedup_dir: str, ids: list[str], cfg) 
         "banned_image_urls": len(banned_images),
         "banned_paragraphs": len(banned_paras),
     }
-    io.write_json(io.join(dedup_dir, "_done.json"), summary)
+    fsio.write_json(fsio.join(dedup_dir, "_done.json"), summary)
     return summary
 
 
@@ -360,7 +375,15 @@ class Outcome:
     extra: dict = field(default_factory=dict)
 
 
-class Write(Stage):
+@dataclass(frozen=True)
+class DocumentDecisions:
+    """What the write pass reads of one shard: its measure rows and its dedup decisions."""
+
+    measure: str
+    dedup: str
+
+
+class WriteDocuments(Stage):
     """Per shard: apply the dedup decisions, fetch the images, write the document shard."""
 
     name = "interleaved"
@@ -369,8 +392,8 @@ class Write(Stage):
         self.cfg = cfg
 
     def process(self, shard: Shard, out: str) -> dict:
-        df = io.read_parquet(shard.urls["measure"])
-        dec = io.read_parquet(shard.urls["dedup"]).rename(columns={"drop_reason": "dedup_reason"})
+        df = fsio.read_parquet(shard.input.measure)
+        dec = fsio.read_parquet(shard.input.dedup).rename(columns={"drop_reason": "dedup_reason"})
         df = df.merge(dec, on="key", how="left", validate="one_to_one")
         todo, outcomes = [], {}
         for row in df.to_dict("records"):
@@ -383,7 +406,7 @@ class Write(Stage):
                 outcomes[row["key"]] = Outcome("skipped_duplicate", row["dedup_reason"], f"dropped by dedup: {row['dedup_reason']}")
             else:
                 todo.append(row)
-        sink = io.TarSink(io.join(out, f"{shard.id}.tar"))
+        sink = samples.TarSink(fsio.join(out, f"{shard.id}.tar"))
         try:
             for key, outcome, sample in self.documents(todo):
                 outcomes[key] = outcome
@@ -399,7 +422,7 @@ class Write(Stage):
         meta["error_message"] = [outcomes[k].error_message for k in meta["key"]]
         for col in sorted({c for o in outcomes.values() for c in o.extra}):
             meta[col] = [outcomes[k].extra.get(col) for k in meta["key"]]
-        io.write_parquet(io.join(out, f"{shard.id}.parquet"), meta)
+        fsio.write_parquet(fsio.join(out, f"{shard.id}.parquet"), meta)
         tally = Counter((o.drop_reason or o.status).split(":")[0] for o in outcomes.values())
         kept = sum(o.status == "success" for o in outcomes.values())
         return {"count": len(meta), "successes": kept, "status_dict": dict(tally),
@@ -507,12 +530,12 @@ def _rank(reason: str) -> tuple[int, str]:
 def funnel(out: str, ids: list[str]) -> dict:
     counts: Counter = Counter()
     for sid in ids:
-        df = io.read_parquet(io.join(out, f"{sid}.parquet"), columns=["status", "drop_reason"])
+        df = fsio.read_parquet(fsio.join(out, f"{sid}.parquet"), columns=["status", "drop_reason"])
         for status, reason in zip(df["status"], df["drop_reason"]):
             counts[(reason.split(":")[0] if isinstance(reason, str) else status)] += 1
     steps = [{"outcome": k, "count": n} for k, n in sorted(counts.items(), key=lambda kv: _rank(kv[0]))]
     result = {"records": sum(counts.values()), "kept": counts.get("success", 0), "steps": steps}
-    io.write_json(io.join(out, "_funnel.json"), result)
+    fsio.write_json(fsio.join(out, "_funnel.json"), result)
     return result
 
 
@@ -533,17 +556,17 @@ def run_passes(pipeline: Pipeline, name: str, cfg, measure: Stage, write: Stage,
         with cluster(pipeline.engine) as c:
             return run_passes(pipeline, name, cfg, measure, write, client=c, overwrite=overwrite)
     out = pipeline.stage_dir(name)
-    mdir, ddir = io.join(out, "_measure"), io.join(out, "_dedup")
+    mdir, ddir = fsio.join(out, "_measure"), fsio.join(out, "_dedup")
     shards = input_shards(cfg)
     ids = [s.id for s in shards]
-    first = run_engine(measure, shards, mdir, pipeline.engine, client=client, overwrite=overwrite)
+    first = map_shards(measure, shards, mdir, pipeline.engine, client=client, overwrite=overwrite)
     if not first.ok:
         raise StageFailed(first)
-    done = io.join(ddir, "_done.json")
-    redo = overwrite or bool(first.done) or not io.exists(done) or io.read_json(done).get("shards") != ids
-    dedup = global_dedup(client, mdir, ddir, ids, cfg.dedup) if redo else io.read_json(done)
-    final = [Shard(i, {"measure": io.join(mdir, f"{i}.parquet"), "dedup": io.join(ddir, f"{i}.parquet")}) for i in ids]
-    report = run_engine(write, final, out, pipeline.engine, client=client, overwrite=overwrite or redo)
+    done = fsio.join(ddir, "_done.json")
+    redo = overwrite or bool(first.done) or not fsio.exists(done) or fsio.read_json(done).get("shards") != ids
+    dedup = global_dedup(client, mdir, ddir, ids, cfg.dedup) if redo else fsio.read_json(done)
+    final = [Shard(i, DocumentDecisions(fsio.join(mdir, f"{i}.parquet"), fsio.join(ddir, f"{i}.parquet"))) for i in ids]
+    report = map_shards(write, final, out, pipeline.engine, client=client, overwrite=overwrite or redo)
     result = DocReport(**vars(report), dedup=dedup)
     if report.ok:
         result.funnel = funnel(out, ids)
@@ -552,4 +575,4 @@ def run_passes(pipeline: Pipeline, name: str, cfg, measure: Stage, write: Stage,
 
 def run(pipeline: Pipeline, *, client=None, overwrite: bool = False) -> Report:
     cfg: InterleavedConfig = pipeline.section("interleaved")
-    return run_passes(pipeline, "interleaved", cfg, Measure(cfg), Write(cfg), client=client, overwrite=overwrite)
+    return run_passes(pipeline, "interleaved", cfg, Measure(cfg), WriteDocuments(cfg), client=client, overwrite=overwrite)

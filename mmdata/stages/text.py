@@ -15,7 +15,7 @@ from mmdata import html as htmlmod
 from mmdata import textfilters as tf
 from mmdata.config import Pipeline, TextConfig
 from mmdata.engine import Report
-from mmdata.stages.interleaved import SCHEMA_VERSION, Measure, Outcome, Write, domain, run_passes
+from mmdata.stages.interleaved import SCHEMA_VERSION, Measure, Outcome, WriteDocuments, domain, run_passes
 
 
 class TextMeasure(Measure):
@@ -36,7 +36,7 @@ class TextMeasure(Measure):
         return text
 
 
-class TextWrite(Write):
+class WriteTextDocuments(WriteDocuments):
     name = "text"
     meta_columns = ("key", "url", "domain", "date", "source", "title", "lang", "lang_score", "doc_words",
                     "doc_line_punct", "doc_dup_lines")
@@ -52,4 +52,4 @@ class TextWrite(Write):
 
 def run(pipeline: Pipeline, *, client=None, overwrite: bool = False) -> Report:
     cfg: TextConfig = pipeline.section("text")
-    return run_passes(pipeline, "text", cfg, TextMeasure(cfg), TextWrite(cfg), client=client, overwrite=overwrite)
+    return run_passes(pipeline, "text", cfg, TextMeasure(cfg), WriteTextDocuments(cfg), client=client, overwrite=overwrite)

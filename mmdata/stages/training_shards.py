@@ -1,4 +1,4 @@
-"""`shards`: the kept samples of each stream into shuffled, sized training shards with a manifest.
+"""The `shards` stage: the kept samples of each stream into shuffled, sized training shards with a manifest.
 
 Streams: `captions` (the download shard set joined with the filter/dedup/clipscore/recaption
 sidecars), `interleaved` and `text`. For each stream:
@@ -35,17 +35,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mmdata import fsio, samples
 from mmdata import manifest as mf
-from mmdata import shards as io
 from mmdata.config import ConfigError, Pipeline, ShardsConfig, StreamConfig
-from mmdata.engine import Report, Shard, Stage, cluster, finished
-from mmdata.engine import run as run_engine
+from mmdata.engine import Report, Shard, Stage, cluster, finished, map_shards
 from mmdata.store import ShardSet, kept, table
 
 STREAMS = ("captions", "interleaved", "text")
 LEDGER = "_ledger.parquet"
 PLAN = "_plan.json"
-FETCH_BATCH = 256  # samples fetched together (one ranged read per input tar on object stores)
+READ_BATCH = 256  # samples read together (one ranged read per input tar on object stores)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -55,17 +54,17 @@ FETCH_BATCH = 256  # samples fetched together (one ranged read per input tar on 
 def tar_members(url: str) -> dict[str, list[tuple[str, int, int]]]:
     """key -> [(ext, data offset, size)] from the tar headers (data is skipped where it can be)."""
     out: dict[str, list[tuple[str, int, int]]] = {}
-    fs, path = io.fs_path(url)
+    fs, path = fsio.fs_path(url)
     try:
         with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
             for m in tar:
-                if not m.isfile() or not io.safe_member(m.name):
+                if not m.isfile() or not samples.safe_member(m.name):
                     continue
-                key, ext = io.split_name(m.name)
+                key, ext = samples.split_name(m.name)
                 if ext:
                     out.setdefault(key, []).append((ext, m.offset_data, m.size))
     except (tarfile.TarError, EOFError) as e:
-        raise io.ShardError(f"{url}: unreadable tar: {e}") from e
+        raise samples.ShardError(f"{url}: unreadable tar: {e}") from e
     return out
 
 
@@ -112,7 +111,7 @@ def index_shard(source: str, shard_id: str, sidecars: dict[str, str], synthetic:
         raise AssertionError(f"{shard_id}: decisions disagree with store.kept")
 
     tar = base.tar(shard_id)
-    members = tar_members(tar) if keep.any() and io.exists(tar) else {}
+    members = tar_members(tar) if keep.any() and fsio.exists(tar) else {}
     scored = [c for c in df.columns if "." in c and not c.endswith(".drop_reason") and c != synthetic
               and any(fnmatch.fnmatchcase(c, p) for p in score_columns)]
     rows = []
@@ -185,8 +184,8 @@ def digest(records: pd.DataFrame, order: pd.DataFrame) -> str:
 
 
 def _read_ranges(url: str, ranges: list[tuple[int, int]]) -> list[bytes]:
-    fs, path = io.fs_path(url)
-    if io.is_local(url):
+    fs, path = fsio.fs_path(url)
+    if fsio.is_local(url):
         out = []
         with open(path, "rb") as f:
             for start, size in ranges:
@@ -196,7 +195,7 @@ def _read_ranges(url: str, ranges: list[tuple[int, int]]) -> list[bytes]:
     return fs.cat_ranges([path] * len(ranges), [s for s, _ in ranges], [s + n for s, n in ranges])
 
 
-def fetch(source: ShardSet, rows: list[dict]) -> dict[str, dict[str, bytes]]:
+def read_members(source: ShardSet, rows: list[dict]) -> dict[str, dict[str, bytes]]:
     """key -> {ext: bytes} for a batch of plan rows, one read per input tar."""
     by_tar: dict[str, list[tuple[str, str, int, int]]] = {}
     for row in rows:
@@ -209,7 +208,7 @@ def fetch(source: ShardSet, rows: list[dict]) -> dict[str, dict[str, bytes]]:
         blobs = _read_ranges(url, [(off, size) for _, _, off, size in wanted])
         for (key, ext, _, size), blob in zip(wanted, blobs):
             if len(blob) != size:
-                raise io.ShardError(f"{url}: member {key}.{ext} is {len(blob)} bytes, its header says {size}")
+                raise samples.ShardError(f"{url}: member {key}.{ext} is {len(blob)} bytes, its header says {size}")
             out.setdefault(key, {})[ext] = blob
     return out
 
@@ -229,7 +228,14 @@ def training_sample(row: dict, parts: dict[str, bytes], set_name: str) -> dict:
     return sample
 
 
-class Write(Stage):
+@dataclass(frozen=True)
+class PlanFile:
+    """An output shard's rows of the plan, in order (`_state/{stream}/plan/{name}.parquet`)."""
+
+    url: str
+
+
+class WriteTrainingShard(Stage):
     """Writes one output shard from its plan file."""
 
     name = "shards"
@@ -238,15 +244,15 @@ class Write(Stage):
         self.source, self.set_name, self.dest = source, set_name, dest
 
     def process(self, shard: Shard, out: str) -> dict:
-        rows = io.read_parquet(shard.urls["plan"]).sort_values("position").to_dict("records")
+        rows = fsio.read_parquet(shard.input.url).sort_values("position").to_dict("records")
         if not rows:
-            raise io.ShardError(f"plan for {shard.id} is empty")
+            raise samples.ShardError(f"plan for {shard.id} is empty")
         source = ShardSet(self.source)
-        sink = io.TarSink(io.join(self.dest, f"{shard.id}.tar"))
+        sink = samples.TarSink(fsio.join(self.dest, f"{shard.id}.tar"))
         try:
-            for i in range(0, len(rows), FETCH_BATCH):
-                batch = rows[i : i + FETCH_BATCH]
-                parts = fetch(source, batch)
+            for i in range(0, len(rows), READ_BATCH):
+                batch = rows[i : i + READ_BATCH]
+                parts = read_members(source, batch)
                 for row in batch:
                     sink.write(training_sample(row, parts[row["key"]], self.set_name))
         except BaseException:
@@ -304,7 +310,7 @@ def _run_stream(pipeline: Pipeline, cfg: ShardsConfig, stream: str, scfg: Stream
     sidecars, absent = {}, []
     for stage in scfg.sidecars:
         folder = _folder(pipeline, stage)
-        if not io.exists(folder):
+        if not fsio.exists(folder):
             absent.append(stage)
             continue
         missing = sorted(set(ids) - finished(folder))
@@ -333,9 +339,9 @@ def _run_stream(pipeline: Pipeline, cfg: ShardsConfig, stream: str, scfg: Stream
     order = plan(records, cfg)
     fingerprint = digest(records, order)
 
-    state = io.join(pipeline.stage_dir("shards"), "_state", stream)
-    dest = io.join(cfg.output or pipeline.stage_dir("shards"), stream)
-    previous = io.read_json(io.join(state, PLAN)) if io.exists(io.join(state, PLAN)) else None
+    state = fsio.join(pipeline.stage_dir("shards"), "_state", stream)
+    dest = fsio.join(cfg.output or pipeline.stage_dir("shards"), stream)
+    previous = fsio.read_json(fsio.join(state, PLAN)) if fsio.exists(fsio.join(state, PLAN)) else None
     names = sorted(order["shard"].unique())
     if previous and previous["digest"] != fingerprint:
         if not overwrite:
@@ -343,59 +349,53 @@ def _run_stream(pipeline: Pipeline, cfg: ShardsConfig, stream: str, scfg: Stream
                                      f"(plan {previous['digest'][:12]} -> {fingerprint[:12]}); rerun with --overwrite")
             return
         _remove_stale(state, dest, previous.get("shards", []), names)
-    if previous and previous["digest"] != fingerprint and io.exists(io.join(dest, mf.MANIFEST)):
+    if previous and previous["digest"] != fingerprint and fsio.exists(fsio.join(dest, mf.MANIFEST)):
         # the old manifest describes bytes about to change: readers must not trust it meanwhile
-        _rm(io.join(dest, mf.MANIFEST))
+        fsio.rm(fsio.join(dest, mf.MANIFEST))
     if overwrite or not previous or previous["digest"] != fingerprint:
         for name, rows in order.groupby("shard", sort=True):
-            io.write_parquet(io.join(state, "plan", f"{name}.parquet"), rows.reset_index(drop=True))
+            fsio.write_parquet(fsio.join(state, "plan", f"{name}.parquet"), rows.reset_index(drop=True))
         ledger = records[["source", "key", "drop_reason"]].merge(
             order[["source", "key", "shard", "position"]], on=["source", "key"], how="left")
-        io.write_parquet(io.join(state, LEDGER), ledger)
-        io.write_json(io.join(state, PLAN), {"digest": fingerprint, "seed": seed, "shards": names,
+        fsio.write_parquet(fsio.join(state, LEDGER), ledger)
+        fsio.write_json(fsio.join(state, PLAN), {"digest": fingerprint, "seed": seed, "shards": names,
                                              "records": len(records), "kept": len(order)})
 
     # counted by reason code: `near_duplicate_of:000120003` names its partner, the ledger keeps that
     dropped = records["drop_reason"].dropna().str.replace(r":\d+$", "", regex=True).value_counts().to_dict()
     info = {"records": len(records), "kept": len(order), "dropped": dropped, "shards": len(names), "bytes": 0,
             "sidecars": list(sidecars), "sidecars_absent": absent}
-    io.write_json(io.join(state, "_funnel.json"), info)
+    fsio.write_json(fsio.join(state, "_funnel.json"), info)
     report.streams[stream] = info
 
-    writer = Write(source.url, scfg.input, dest)
-    shards = [Shard(n, {"plan": io.join(state, "plan", f"{n}.parquet")}) for n in names]
-    sub = run_engine(writer, shards, state, pipeline.engine, client=client, overwrite=overwrite)
+    writer = WriteTrainingShard(source.url, scfg.input, dest)
+    shards = [Shard(n, PlanFile(fsio.join(state, "plan", f"{n}.parquet"))) for n in names]
+    sub = map_shards(writer, shards, state, pipeline.engine, client=client, overwrite=overwrite)
     report.done.update({f"{stream}/{k}": v for k, v in sub.done.items()})
     report.skipped += [f"{stream}/{k}" for k in sub.skipped]
     report.failed.update({f"{stream}/{k}": v for k, v in sub.failed.items()})
     if not sub.ok:
         return
 
-    stats = [io.read_json(io.join(state, f"{n}_stats.json")) for n in names]
+    stats = [fsio.read_json(fsio.join(state, f"{n}_stats.json")) for n in names]
     m = mf.build(stream, stats, seed=seed, plan=fingerprint, sources={"input": source.url, "sidecars": sidecars},
                  recipe=mf.recipe(pipeline.model_dump(mode="json")))
     info.update(bytes=m["bytes"], manifest=mf.write(dest, m))
     if cfg.energon and names:
-        if io.is_local(dest):
+        if fsio.is_local(dest):
             mf.energon_export(dest, workers=pipeline.engine.n_workers)
             info["energon"] = f"{dest}/.nv-meta"
         else:
             info["energon"] = "not exported: the output is not a local folder (run `energon prepare` where it is mounted)"
-    io.write_json(io.join(state, "_funnel.json"), info)
-
-
-def _rm(url: str) -> None:
-    fs, path = io.fs_path(url)
-    if fs.exists(path):
-        fs.rm(path)
+    fsio.write_json(fsio.join(state, "_funnel.json"), info)
 
 
 def _remove_stale(state: str, dest: str, old: list[str], new: list[str]) -> None:
     """Output shards of an earlier plan that the new plan does not have (their markers first)."""
     for name in sorted(set(old) - set(new)):
-        for url in (io.join(state, f"{name}_stats.json"), io.join(dest, f"{name}.tar"),
-                    io.join(state, "plan", f"{name}.parquet")):
-            _rm(url)
+        for url in (fsio.join(state, f"{name}_stats.json"), fsio.join(dest, f"{name}.tar"),
+                    fsio.join(state, "plan", f"{name}.parquet")):
+            fsio.rm(url)
 
 
 def run(pipeline: Pipeline, *, client=None, overwrite: bool = False, streams: list[str] | None = None) -> ShardsReport:

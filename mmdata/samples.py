@@ -1,33 +1,26 @@
-"""Shard I/O over fsspec: atomic writes, webdataset tars, brace patterns.
+"""The shard format: samples as webdataset has them, in deterministic tar files.
 
-A sample is a dict `{"__key__": key, ext: value, ...}` as webdataset has it: `jpg`, `txt`, `json`,
-and for interleaved documents `0.jpg`, `1.jpg`, ... Values are bytes on read; on write str and
-dict/list are encoded (utf-8, json). Tars are written deterministically (fixed mtime, owner and
-mode, members in a fixed order) so that the same samples give the same bytes.
-
-Every write is atomic: local files go to a temp name in the target folder and are renamed; object
-stores get one upload of a finished local file, so a reader never sees a half-written object.
-Pickle is never decoded: values stay bytes unless asked for through `decode`.
+A sample is a dict `{"__key__": key, ext: value, ...}`: `jpg`, `txt`, `json`, and for interleaved
+documents `0.jpg`, `1.jpg`, ... Values are bytes on read; on write str and dict/list are encoded
+(utf-8, json). Tars are written deterministically (fixed mtime, owner and mode, members in a fixed
+order) so that the same samples give the same bytes. Writes are atomic (`mmdata.fsio`). Pickle is
+never decoded: values stay bytes unless asked for through `decode`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
-import os
 import posixpath
 import tarfile
-import tempfile
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Self
 
-import braceexpand
 import fsspec
-from fsspec.implementations.local import LocalFileSystem
+
+from mmdata import fsio
 
 log = logging.getLogger(__name__)
 
@@ -38,135 +31,6 @@ IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
 class ShardError(Exception):
     """A shard that cannot be read or written, with the shard named."""
-
-
-# ---------------------------------------------------------------------------------------------
-# paths and patterns
-
-
-def fs_path(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    fs, path = fsspec.core.url_to_fs(url)
-    return fs, path
-
-
-def is_local(url: str) -> bool:
-    return isinstance(fs_path(url)[0], LocalFileSystem)
-
-
-def join(base: str, *parts: str) -> str:
-    return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts]])
-
-
-def expand(patterns: str | Iterable[str]) -> list[str]:
-    """Brace patterns (`shards/{00000..00099}.tar`, `{a,b}`) and, on listable filesystems, globs."""
-    if isinstance(patterns, str):
-        patterns = [patterns]
-    urls: list[str] = []
-    for pattern in patterns:
-        for url in braceexpand.braceexpand(pattern):
-            if any(ch in url for ch in "*?[") and not url.startswith(("http://", "https://")):
-                fs, path = fs_path(url)
-                protocol = url.split("://", 1)[0] + "://" if "://" in url else ""
-                urls.extend(protocol + p if protocol else p for p in sorted(fs.glob(path)))
-            else:
-                urls.append(url)
-    return urls
-
-
-def exists(url: str) -> bool:
-    fs, path = fs_path(url)
-    return fs.exists(path)
-
-
-def read_bytes(url: str) -> bytes:
-    with fsspec.open(url, "rb") as f:
-        return f.read()
-
-
-def read_json(url: str) -> Any:
-    return json.loads(read_bytes(url))
-
-
-# ---------------------------------------------------------------------------------------------
-# atomic writes
-
-
-class _AtomicFile:
-    """A writable binary file that appears at `url` only on commit.
-
-    Local: a hidden temp file beside the target, renamed on commit (same filesystem, so atomic).
-    Remote: a local temp file uploaded in one put on commit.
-    """
-
-    def __init__(self, url: str):
-        self.url = url
-        self.fs, self.path = fs_path(url)
-        self.local = isinstance(self.fs, LocalFileSystem)
-        if self.local:
-            folder, name = os.path.split(self.path)
-            os.makedirs(folder or ".", exist_ok=True)
-            self.tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
-            # closed by commit() or discard(): the file outlives this call on purpose
-            self.file = open(self.tmp, "wb")  # noqa: SIM115
-        else:
-            self.file = tempfile.NamedTemporaryFile(prefix="mmdata-", suffix=".part", delete=False)  # noqa: SIM115
-            self.tmp = self.file.name
-
-    def commit(self) -> None:
-        self.file.close()
-        if self.local:
-            os.replace(self.tmp, self.path)
-        else:
-            try:
-                self.fs.put_file(self.tmp, self.path)
-            finally:
-                os.unlink(self.tmp)
-
-    def discard(self) -> None:
-        self.file.close()
-        if os.path.exists(self.tmp):
-            os.unlink(self.tmp)
-
-
-def atomic_write(url: str, data: bytes) -> None:
-    f = _AtomicFile(url)
-    try:
-        f.file.write(data)
-    except BaseException:
-        f.discard()
-        raise
-    f.commit()
-
-
-def write_json(url: str, obj: Any) -> None:
-    atomic_write(url, json.dumps(obj, indent=1, sort_keys=True, default=_json_default).encode())
-
-
-def _json_default(o: Any) -> Any:
-    if hasattr(o, "item"):  # numpy scalars
-        return o.item()
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def write_parquet(url: str, table: Any) -> None:
-    """Write a pandas DataFrame or pyarrow Table atomically."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    if not isinstance(table, pa.Table):
-        table = pa.Table.from_pandas(table, preserve_index=False)
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
-    atomic_write(url, buf.getvalue())
-
-
-def read_parquet(url: str, columns: list[str] | None = None):
-    import pyarrow.parquet as pq
-
-    with fsspec.open(url, "rb") as f:
-        return pq.read_table(f, columns=columns).to_pandas()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,7 +49,7 @@ def encode_value(value: Any) -> bytes:
     if isinstance(value, str):
         return value.encode("utf-8")
     if isinstance(value, dict | list):
-        return json.dumps(value, ensure_ascii=False, sort_keys=True, default=_json_default).encode()
+        return json.dumps(value, ensure_ascii=False, sort_keys=True, default=fsio.json_default).encode()
     raise ShardError(f"cannot encode a {type(value).__name__} into a shard")
 
 
@@ -284,7 +148,7 @@ def read_shard(url: str) -> Iterator[dict]:
 
 def read_shards(patterns: str | Iterable[str]) -> Iterator[dict]:
     """Every sample of every shard named by `patterns` (local, s3://, http://, brace patterns)."""
-    for url in expand(patterns):
+    for url in fsio.expand(patterns):
         yield from read_shard(url)
 
 
@@ -334,7 +198,7 @@ class TarSink:
         self.url = url
         self.count = 0
         self.size = 0
-        self._file: _AtomicFile | None = None
+        self._file: fsio.AtomicFile | None = None
         self._hash = hashlib.sha256() if checksum else None
 
     def _write(self, data: bytes) -> None:
@@ -346,7 +210,7 @@ class TarSink:
     def write(self, sample: dict) -> None:
         members = sample_members(sample)
         if self._file is None:
-            self._file = _AtomicFile(self.url)
+            self._file = fsio.AtomicFile(self.url)
         parts = []
         for name, data in members:
             parts += (member_header(name, len(data)), data)

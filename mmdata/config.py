@@ -269,6 +269,19 @@ class LanguageFilter(Strict):
     min_score: float = Field(0.8, ge=0, le=1)
 
 
+# Each use has its own default confidence, so that a recipe naming only `languages` keeps it.
+class CaptionLanguage(LanguageFilter):
+    """fastText language ID of a caption; DataComp keeps the top language whatever its confidence."""
+
+    min_score: float = Field(0.0, ge=0, le=1)
+
+
+class TextLanguage(LanguageFilter):
+    """fastText language ID of a text-only document."""
+
+    min_score: float = Field(0.65, ge=0, le=1)
+
+
 class ImageRules(Strict):
     """OBELICS image rules: URL checks before fetching, size and aspect after."""
 
@@ -360,7 +373,7 @@ class TextFilters(Strict):
 class TextConfig(DocumentsConfig):
     """The `text` stage: text-only documents (the 10% text share) from the same readers."""
 
-    language: LanguageFilter = LanguageFilter(min_score=0.65)
+    language: TextLanguage = TextLanguage()
     max_link_density: float | None = Field(0.5, description="blocks with more of their text in links (menus, author links) are left out")
     filters: TextFilters = TextFilters()
     dedup: DocDedupConfig = DocDedupConfig(same_images=False, max_image_url_count=None, max_paragraph_count=None)
@@ -374,8 +387,8 @@ class FilterConfig(Strict):
     """
 
     input: str | None = Field(None, description="download shard set; default the download stage's output")
-    language: LanguageFilter = Field(LanguageFilter(min_score=0.0), description="caption languages kept (fastText "
-                                     "lid.176 codes) and the confidence below which a caption is dropped too")
+    language: CaptionLanguage = Field(CaptionLanguage(), description="caption languages kept (fastText lid.176 "
+                                      "codes) and the confidence below which a caption is dropped too")
     min_words: int = Field(3, ge=0, description="keep captions with at least this many words (DataComp: > 2)")
     min_chars: int = Field(6, ge=0, description="keep captions with at least this many characters (DataComp: > 5)")
     min_side: int = Field(200, ge=0, description="min(original width, height) in pixels")

@@ -221,8 +221,8 @@ def test_image_used_twice_is_fetched_once_and_stored_once(demo_docs, client, tmp
     srv.reset()
     pipe = _pipe(tmp_path, srv, {"input": str(tmp_path / "twice.html")})
     assert interleaved.run(pipe, client=client).ok
-    _, samples = _outputs(tmp_path / "interleaved")
-    (doc,) = samples
+    _, written = _outputs(tmp_path / "interleaved")
+    (doc,) = written
     images = [x for x in doc["json"]["slots"] if x["type"] == "image"]
     assert [x["url"] for x in images] == [a, b, a] and [x["index"] for x in images] == [0, 1, 0]
     assert [x["alt"] for x in images] == ["first", "second", "first, again"]

@@ -140,11 +140,16 @@ def test_malformed_warc_is_counted_not_fatal(shared_data, tmp_path):
     bad = tmp_path / "broken.warc.gz"
     bad.write_bytes(b"".join(members) + b"garbage at the end")
     recs = list(read_warc(str(bad)))
-    failed = [r for r in recs if r.status == "failed_to_read"]
-    assert failed and all(r.error_message for r in failed)
-    good = [r for r in recs if r.status == "success"]
-    assert len(good) >= 14  # 15 pages in the file, one record lost in the broken member
-    assert good[-1].url == "https://commoncrawl.org/faq"
+    # one row for the broken member (at its offset), one for the garbage, every other record read
+    failed = [r for r in recs if r.status.startswith("failed")]
+    offset = sum(len(m) for m in members[:5])
+    assert [(r.status, r.source.rsplit("@", 1)[1]) for r in failed] == [
+        ("failed_to_read", str(offset)), ("failed_to_read", str(offset + sum(len(m) for m in members[5:])))]
+    assert "does not decompress" in failed[0].error_message and "18 bytes" in failed[1].error_message
+    assert len(recs) == len(records) + 1
+    intact = list(read_warc(str(shared_data / "warc" / "sample-0001.warc.gz")))
+    assert [r.url for r in recs if r.status == "success"] == [r.url for i, r in enumerate(intact)
+                                                              if r.status == "success" and i != 5]
 
 
 def test_minhash_agrees_with_datasketch():

@@ -513,7 +513,7 @@ class WriteDocuments(Stage):
 
 # reasons in the order a record meets them, for the funnel
 FUNNEL_ORDER = (
-    "failed_to_read", "skipped_warc", "skipped_too_large", "skipped_not_http", "skipped_http_status", "skipped_not_html",
+    "failed_to_read", "failed_truncated", "skipped_warc", "skipped_too_large", "skipped_not_http", "skipped_http_status", "skipped_not_html",
     "failed_to_decode", "failed_to_download", "skipped", "failed_to_extract", "empty_page", "lang", "paragraph", "doc",
     "text", "too_few_images", "too_many_images", "duplicate_url_of", "duplicate_images_of", "near_duplicate_of",
     "no_image_downloaded", "success",

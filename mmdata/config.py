@@ -179,11 +179,21 @@ class MixDecodeConfig(Strict):
 
     image_size: int = Field(336, ge=8, description="square side of every image tensor (MM1: 224/336/378)")
     resize: Literal["center_crop", "squash", "pad"] = "center_crop"
+    draft: float = Field(1.0, ge=0, description=(
+        "JPEGs decode at the smallest 1/2, 1/4, 1/8 scale whose sides stay >= draft x image_size "
+        "(0 = full decode); higher = closer to a full-resolution Lanczos, slower (docs/mixture.md)"))
     mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)  # CLIP's
     std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
     max_images: int = Field(16, ge=1, description="image slots kept per sample (MM1: 16 per sequence)")
     image_tokens: int = Field(144, ge=0, description="tokens one image costs (token-weighted ratios)")
     chars_per_token: float = Field(4.0, gt=0, description="text token estimate: characters per token")
+
+    @model_validator(mode="after")
+    def _draft(self) -> MixDecodeConfig:
+        if 0 < self.draft < 1:
+            raise ValueError(f"draft {self.draft}: 0 (full decode) or >= 1 (below 1 the decode is smaller "
+                             f"than the output and would be upscaled)")
+        return self
 
 
 class MixSource(Strict):

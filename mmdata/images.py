@@ -103,6 +103,39 @@ def _rgb(img: Image.Image, keep_alpha: bool) -> Image.Image:
     return img.convert("RGB")
 
 
+# ---------------------------------------------------------------------------------------------
+# reading a stored image back: one preparation for every consumer (CLIP scoring, the sampler),
+# so what is scored is what is trained on
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """RGB; alpha (or a palette's transparent colour) flattened on white, as transformers'
+    `convert_rgb` does: CLIP scoring must equal the Hugging Face processor bit for bit."""
+    if img.mode == "RGB" and img.info.get("transparency") is None:
+        return img  # convert() would copy
+    if "A" in img.getbands() or img.info.get("transparency") is not None:
+        img = img.convert("RGBA")
+        white = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, img).convert("RGB")
+    return img.convert("RGB")
+
+
+def open_rgb(data: bytes, draft: int | None = None) -> Image.Image:
+    """Stored image bytes -> the upright RGB image every consumer starts from: EXIF orientation
+    applied (what a viewer, and the caption's writer, saw), alpha flattened on white.
+
+    `draft`: a JPEG decodes at the smallest 1/2, 1/4 or 1/8 scale whose sides stay >= `draft` px
+    (DCT scaling inside libjpeg): 1.5-2x cheaper on large images, but not bit-equal to a full
+    decode, so the trainer's path uses it and CLIP scoring (which must equal the processor) does not.
+    """
+    img = Image.open(io.BytesIO(data))
+    if draft:
+        img.draft("RGB", (draft, draft))  # a square target: the same scale whatever the orientation
+    img.load()
+    ImageOps.exif_transpose(img, in_place=True)  # in place: no copy when there is nothing to turn
+    return to_rgb(img)
+
+
 _local = threading.local()
 
 

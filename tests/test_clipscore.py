@@ -23,6 +23,7 @@ from PIL import Image
 
 from mmdata import fsio, samples
 from mmdata.config import ConfigError, Pipeline, parse
+from mmdata.images import open_rgb
 from mmdata.models import clip as mclip
 from mmdata.models.device import DeviceError, pick_device, pick_dtype
 from mmdata.stages import clipscore
@@ -96,7 +97,7 @@ def _images() -> list[Image.Image]:
     pal.info["transparency"] = 3
     jpeg = io.BytesIO()
     rgb.save(jpeg, "JPEG", quality=80)
-    return [rgb, tall, tiny, rgba, grey, pal, mclip.open_image(jpeg.getvalue())]
+    return [rgb, tall, tiny, rgba, grey, pal, open_rgb(jpeg.getvalue())]
 
 
 @pytest.mark.parametrize("kind", ["clip224", "clip336", "siglip"])

@@ -8,11 +8,13 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 from typer.testing import CliRunner
@@ -286,7 +288,7 @@ def test_decoded_batches_and_vecap_share(data):
     n_syn = n_pairs = 0
     for b in batches:
         imgs = b["images"]
-        assert imgs.dtype.is_floating_point and tuple(imgs.shape[1:]) == (3, 16, 16)
+        assert imgs.dtype == torch.uint8 and tuple(imgs.shape[1:]) == (3, 16, 16)
         assert len(b["image_sample"]) == len(imgs)
         for row, (kind, slots, cap, status, key) in enumerate(zip(b["kinds"], b["slots"], b["caption"], b["status"], b["keys"])):
             idx = [x for x in slots if isinstance(x, int)]
@@ -367,3 +369,160 @@ def test_range_reader_matches_shard_reader(data):
         assert count_samples(url) == len(whole)
         for lo, hi in ((0, None), (0, 1), (5, 9), (len(whole) - 1, len(whole))):
             assert list(read_tar(url, lo, hi)) == whole[lo:hi]
+
+
+# ---------------------------------------------------------------------------------------------
+# decoding: uint8 batches, normalisation on the device, the image path's quality, one preprocessing
+# shared with CLIP scoring, one json parse per sample
+
+
+def old_float_path(images: torch.Tensor, mean, std) -> torch.Tensor:
+    """What batches carried before issue 18: float32 normalised on the CPU."""
+    x = images.float().div_(255)
+    return x.sub_(torch.tensor(mean).view(1, 3, 1, 1)).div_(torch.tensor(std).view(1, 3, 1, 1))
+
+
+def test_uint8_batches_normalised_on_device_equal_the_float_path(data):
+    from mmdata.mix.decode import Normalize, normalize
+
+    _, pat = data
+    mix = mixture(pat)
+    plain = read(mix, n=6, decode=True)
+    for b in plain:
+        imgs = b["images"]
+        assert imgs.dtype == torch.uint8 and imgs.is_contiguous() and tuple(imgs.shape[1:]) == (3, 16, 16)
+        want = old_float_path(imgs, mix.decode.mean, mix.decode.std)
+        got = normalize(imgs, mix, device="cpu")
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, want, atol=2e-6, rtol=1e-6)
+        half = normalize(imgs, (mix.decode.mean, mix.decode.std), dtype=torch.bfloat16)
+        assert half.dtype == torch.bfloat16
+        torch.testing.assert_close(half.float(), want, atol=0.02, rtol=0.01)
+    # the collate hook for CPU users: floats made in the workers, bookkeeping intact, resume unchanged
+    ld = loader(mix, num_workers=2, transform=Normalize.of(mix))
+    floats = [b for _, b in zip(range(6), ld)]
+    assert ld.state_dict()["batch"] == 6 and sum(ld.realized.values()) == 6 * 16
+    for a, b in zip(plain, floats):
+        assert a["keys"] == b["keys"] and b["images"].dtype == torch.float32
+        torch.testing.assert_close(b["images"], normalize(a["images"], mix), atol=0, rtol=0)
+
+
+def slow_second_worker(worker: int) -> None:
+    time.sleep(0.6 * worker)  # worker 1 starts after worker 0's first batch has reached the trainer
+
+
+def test_persistent_workers_restart_where_the_trainer_stands(data):
+    """The same loader (its workers kept) after a `break`, and after load_state_dict to an earlier
+    batch; one worker late to start must not begin where the trainer has got to meanwhile."""
+    _, pat = data
+    mix = mixture(pat)
+    want = [keys_of(b) for b in read(mix, n=12)]
+    ld = loader(mix, num_workers=2, decode=False, worker_init_fn=slow_second_worker)
+    got = [keys_of(b) for _, b in zip(range(5), ld)]
+    state = ld.state_dict()
+    got += [keys_of(b) for _, b in zip(range(4), ld)]  # a new iter() on the same, persistent, workers
+    assert got == want[:9]
+    ld.load_state_dict(state)
+    assert [keys_of(b) for _, b in zip(range(7), ld)] == want[5:12]
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b) ** 2)
+    return float("inf") if mse == 0 else float(10 * np.log10(255**2 / mse))
+
+
+def test_image_path_quality_against_lanczos_from_full_decode():
+    """The fast path (reduced-scale JPEG decode, crop, one antialiased bicubic) against Lanczos from
+    the full decode over the same crop, on photo-like JPEGs that exercise every draft scale.
+
+    Threshold, per image: closer to the reference than a JPEG q95 re-save of the reference itself
+    (the quality `download` stores shards at): the fast path adds less than the storage noise the
+    data already carries. `draft: 2` must reach near-Lanczos (>= 38 dB; measured 40-45).
+    """
+    from mmdata.config import MixDecodeConfig
+    from mmdata.demo.images import photo_like
+    from mmdata.images import open_rgb
+    from mmdata.mix.decode import Decoder
+
+    s = 96
+    fast, fine = Decoder(MixDecodeConfig(image_size=s)), Decoder(MixDecodeConfig(image_size=s, draft=2))
+    for i, (w, h) in enumerate([(96, 124), (150, 96), (202, 259), (278, 196), (480, 384), (412, 816)]):
+        data = io.BytesIO()
+        photo_like(w, h, i).save(data, "JPEG", quality=90)
+        data = data.getvalue()
+        full = open_rgb(data)
+        for dec, floor in ((fast, None), (fine, 38)):
+            got = dec.image(data).permute(1, 2, 0).numpy()
+            small = open_rgb(data, dec.draft)
+            k = round(full.width / small.width)  # DCT scaling: 1, 2, 4 or 8
+            m = min(small.size)
+            left, top = (small.width - m) // 2, (small.height - m) // 2
+            box = (left * k, top * k, min((left + m) * k, full.width), min((top + m) * k, full.height))
+            ref = np.asarray(full.resize((s, s), Image.Resampling.LANCZOS, box=box))
+            if floor is None:
+                resaved = io.BytesIO()
+                Image.fromarray(ref).save(resaved, "JPEG", quality=95)
+                floor = psnr(np.asarray(Image.open(resaved)), ref)
+            assert psnr(got, ref) >= floor, ((w, h), small.size, psnr(got, ref), floor)
+
+
+def test_clip_scoring_and_sampler_see_the_same_pixels():
+    """EXIF-rotated JPEG and PNG, RGBA on transparency: CLIP scoring's decode and the sampler's give
+    the same upright, white-flattened pixels (sizes chosen so neither resamples)."""
+    import transformers
+
+    from mmdata.config import MixDecodeConfig
+    from mmdata.demo.images import encode
+    from mmdata.mix.decode import Decoder
+    from mmdata.models.clip import ClipEncoder, Preprocess
+
+    s = 32
+    vision = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1, "num_attention_heads": 2,
+              "image_size": s, "patch_size": 8}
+    text = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "vocab_size": 99, "max_position_embeddings": 16, "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 1}
+    model = transformers.CLIPModel(transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=16))
+    prep = Preprocess.from_processor(transformers.CLIPImageProcessorPil(
+        size={"shortest_edge": s}, crop_size={"height": s, "width": s}))
+    clip = ClipEncoder(model, prep, None, "cpu", torch.float32)
+    sampler = Decoder(MixDecodeConfig(image_size=s))
+    rng = np.random.default_rng(0)
+    upright = Image.fromarray(rng.integers(0, 256, (48, s, 4), dtype=np.uint8), "RGBA")  # 32 wide, 48 tall
+    flat = Image.alpha_composite(Image.new("RGBA", upright.size, (255, 255, 255, 255)), upright).convert("RGB")
+    y, x = np.mgrid[0:48, 0:s]
+    smooth = Image.fromarray(np.stack([x * 8, y * 5, 255 - y * 5], axis=-1).astype(np.uint8))  # JPEG-friendly
+    cases = [(encode(upright, "PNG", orientation=6), np.asarray(flat)[8:40], 0),
+             (encode(upright, "PNG", orientation=8), np.asarray(flat)[8:40], 0),
+             (encode(smooth, "JPEG", quality=95, orientation=6), np.asarray(smooth)[8:40], 3)]
+    for data, want, noise in cases:  # want: the centre square of the upright image, flattened on white
+        a = clip.decode(data)
+        b = sampler.image(data).permute(1, 2, 0).numpy()
+        assert a.shape == b.shape == (s, s, 3) and (a == b).all()
+        # lossless PNG: exactly; JPEG: within compression noise (turned the wrong way is ~50 off)
+        assert np.abs(a.astype(int) - want).mean() <= noise
+
+
+def test_each_samples_json_is_parsed_once(data, monkeypatch):
+    """Through the loader, decoded and raw: one json.loads per sample, however many uses (kind,
+    token estimate, VeCap coin, caption choice, slots)."""
+    from mmdata.mix import decode
+
+    _, pat = data
+    calls = Counter()
+
+    class CountingJson:
+        @staticmethod
+        def loads(raw):
+            calls[raw] += 1
+            return json.loads(raw)
+
+    monkeypatch.setattr(decode, "json", CountingJson)
+    mix = mixture(pat)
+    for dec in (True, False):
+        calls.clear()
+        batches = read(mix, n=5, decode=dec)
+        assert sum(calls.values()) == 5 * 16  # every sample has a json member
+        assert set(calls.values()) == {1}
+        if not dec:  # the raw batch hands the parsed records and token estimates on
+            assert all(r["key"] == k for b in batches for r, k in zip(b["records"], b["keys"]))
+            assert all(t > 0 for b in batches for t in b["tokens"])

@@ -367,6 +367,36 @@ def uninformative_caption(rng: np.random.Generator) -> str:
     return str(rng.choice(_UNINFORMATIVE)).format(n=int(rng.integers(1000, 9999)))
 
 
+def photo_like(width: int, height: int, seed: int) -> Image.Image:
+    """An RGB image with a photograph's statistics, for measuring resampling quality and decode cost:
+    1/f amplitude noise (the spectrum of natural scenes) in correlated colours, hard-edged shapes,
+    and 1 px lines, the detail a careless downscale aliases. Harder than most photos."""
+    rng = np.random.default_rng(seed)
+    fy, fx = np.fft.fftfreq(height)[:, None], np.fft.rfftfreq(width)[None, :]
+    f = np.hypot(fx, fy)
+    f[0, 0] = 1.0
+    planes = []
+    for _ in range(3):
+        x = np.fft.irfft2((rng.normal(size=f.shape) + 1j * rng.normal(size=f.shape)) / f, s=(height, width))
+        planes.append((x - x.mean()) / x.std())
+    mixing = np.eye(3) + 0.3 * rng.normal(size=(3, 3))
+    pixels = np.clip(128 + 40 * np.tensordot(mixing, np.stack(planes), 1), 0, 255).astype(np.uint8)
+    img = Image.fromarray(pixels.transpose(1, 2, 0))
+    draw = ImageDraw.Draw(img)
+    short = min(width, height)
+    for _ in range(6):
+        x0, y0, r = int(rng.integers(0, width)), int(rng.integers(0, height)), int(rng.integers(short // 10, short // 3 + 1))
+        colour = tuple(int(v) for v in rng.integers(0, 256, 3))
+        if rng.random() < 0.5:
+            draw.ellipse([x0, y0, x0 + r, y0 + r], fill=colour)
+        else:
+            draw.polygon([(x0, y0), (x0 + r, y0 + r // 3), (x0 + r // 4, y0 + r)], fill=colour)
+    for _ in range(8):
+        y = int(rng.integers(0, height))
+        draw.line([(0, y), (width, y + int(rng.integers(-50, 51)))], fill=(250, 250, 250), width=1)
+    return img
+
+
 # --- encoding ------------------------------------------------------------------------------------
 
 FORMAT_EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif"}

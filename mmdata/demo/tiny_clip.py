@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mmdata.images import open_rgb
 from mmdata.memory import keep_freed_memory
-from mmdata.models.clip import Preprocess, open_image
+from mmdata.models.clip import Preprocess
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ def train(corpus_dir: str | Path, out_dir: str | Path, cfg: TinyClipConfig = Tin
                                    crop_size={"height": cfg.image_size, "width": cfg.image_size})
     prep = Preprocess.from_processor(processor)
     with ThreadPoolExecutor(4) as pool:
-        images = np.stack(list(pool.map(lambda p: prep(open_image(p.read_bytes(), draft=2 * cfg.image_size)), data["path"])))
+        images = np.stack(list(pool.map(lambda p: prep(open_rgb(p.read_bytes(), draft=2 * cfg.image_size)), data["path"])))
     enc = tokenizer(texts, padding=True, truncation=True, max_length=cfg.max_tokens, return_tensors="pt")
     # per image, the rows of its wordings in `texts`; one is drawn per step
     first = np.searchsorted(owner, np.arange(len(data)))

@@ -17,6 +17,7 @@ import hashlib
 import json
 import posixpath
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from mmdata import config as cfgmod
 from mmdata.config import MixSource, Mixture
 from mmdata.mix import reader
-from mmdata.mix.decode import Decoder, estimate_tokens, meta
+from mmdata.mix.decode import Decoder, estimate_tokens, parse
 from mmdata.mix.plan import MixError, MixExhausted, Plan, tag
 from mmdata.samples import read_shard
 
@@ -79,6 +80,10 @@ class MixDataset(IterableDataset):
                          guarantee=m.guarantee)
         self.decoder = Decoder(m.decode)
         self.epoch, self.batch = 0, 0
+        # where DataLoader workers start: they hold copies of this object, and persistent ones outlive
+        # an iter(), so the main process publishes (epoch, batch) through shared memory before each
+        # iter() (`_publish`), and never while workers may still be starting
+        self._start = torch.zeros(2, dtype=torch.int64).share_memory_()
         self._pieces: dict[int, list[list[list[reader.Piece]]]] = {}
         self._ends: dict[int, tuple[int | None, str | None]] = {}
 
@@ -147,7 +152,8 @@ class MixDataset(IterableDataset):
         info = get_worker_info()
         k, w = (info.num_workers, info.id) if info else (1, 0)
         self._check_workers(k)
-        m, epoch, start = self.mix, self.epoch, self.batch
+        m = self.mix
+        epoch, start = (int(x) for x in self._start.tolist()) if info else (self.epoch, self.batch)
         stop, error = self.end(epoch)
         lanes = m.lanes
         mine = [lane for lane in range(lanes) if (lane - start - w) % k == 0]
@@ -177,22 +183,24 @@ class MixDataset(IterableDataset):
     def _batch(self, epoch: int, b: int, picks: list[tuple[int, int, dict]]) -> dict:
         names = [self.sources[s].name for s, _, _ in picks]
         samples = [x for _, _, x in picks]
-        synthetic = [self._synthetic(self.sources[s], epoch, x) for s, _, x in picks]
+        records = [parse(x) for x in samples]  # the only json.loads of a sample on this path
+        synthetic = [self._synthetic(self.sources[s], epoch, x, r) for (s, _, x), r in zip(picks, records)]
         if self.decode:
-            out = self.decoder.batch(samples, names, synthetic, epoch, b)
+            out = self.decoder.batch(samples, names, synthetic, epoch, b, records)
         else:
-            out = {"samples": samples, "sources": names, "keys": [x["__key__"] for x in samples],
-                   "synthetic": synthetic, "epoch": epoch, "batch": b}
+            out = {"samples": samples, "records": records, "sources": names, "keys": [x["__key__"] for x in samples],
+                   "synthetic": synthetic, "tokens": [estimate_tokens(x, self.mix.decode, r) for x, r in zip(samples, records)],
+                   "epoch": epoch, "batch": b}
         out["passes"] = [p for _, p, _ in picks]
         return out
 
-    def _synthetic(self, src: Source, epoch: int, sample: dict) -> bool:
+    def _synthetic(self, src: Source, epoch: int, sample: dict, record: dict) -> bool:
         """VeCap share: a seeded coin per (source, epoch, sample), the same on every rank and worker."""
         share = src.cfg.synthetic_share
         if share <= 0:
             return False
         h = xxhash.xxh64_intdigest(f"{self.mix.seed}/{src.name}/{epoch}/{sample['__key__']}".encode())
-        return h / 2**64 < share and bool(meta(sample).get("synthetic_caption"))  # no VeCap caption: AltText
+        return h / 2**64 < share and bool(record.get("synthetic_caption"))  # no VeCap caption: AltText
 
     # -- state
 
@@ -242,9 +250,16 @@ class MixDataset(IterableDataset):
         if self.positions(state["epoch"], state["batch"]) != state["positions"]:
             raise MixError("cannot restore the sampler state: its per-source positions disagree with the plan")
         self.epoch, self.batch = state["epoch"], state["batch"]
+        self._publish()
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch, self.batch = epoch, 0
+        self._publish()
+
+    def _publish(self) -> None:
+        """Where the next iter()'s workers start: call before iter(DataLoader), never during one (a
+        worker still starting would read a later batch)."""
+        self._start[0], self._start[1] = self.epoch, self.batch
 
 
 class MixLoader:
@@ -252,24 +267,39 @@ class MixLoader:
 
     `state_dict()` at any point describes the batches handed out so far (prefetched ones are made
     again after a restore); `realized` counts samples per source, `synthetic` VeCap captions used.
+    `transform(batch) -> batch` runs in the workers on every batch (`decode.Normalize` for float
+    images on CPU; keep the bookkeeping keys). Defaults, each overridable through kwargs: memory
+    pinned when CUDA is available; with workers, `persistent_workers` (they survive the end of an
+    epoch or a `break`, and start the next iter() where the trainer stands) and `prefetch_factor` 2.
     """
 
-    def __init__(self, dataset: MixDataset, *, num_workers: int = 0, **kwargs):
+    def __init__(self, dataset: MixDataset, *, num_workers: int = 0, transform: Callable[[dict], dict] | None = None,
+                 **kwargs):
         dataset._check_workers(max(1, num_workers))
-        self.dataset, self.num_workers, self.kwargs = dataset, num_workers, kwargs
+        self.dataset, self.num_workers, self.transform, self.kwargs = dataset, num_workers, transform, kwargs
         self.realized: Counter = Counter()
         self.synthetic: Counter = Counter()
         self.tokens: Counter = Counter()
+        self._dl = None
+
+    def _loader(self):
+        if self._dl is None:
+            from torch.utils.data import DataLoader
+
+            opts: dict = {"pin_memory": torch.cuda.is_available()}
+            if self.num_workers:
+                opts.update(persistent_workers=True, prefetch_factor=2)
+            opts.update(self.kwargs)
+            self._dl = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
+                                  collate_fn=self.transform or as_is, **opts)
+        return self._dl
 
     def __iter__(self):
-        from torch.utils.data import DataLoader
-
         ds = self.dataset
         ds.num_workers = self.num_workers
         epoch = ds.epoch
-        dl = DataLoader(ds, batch_size=None, num_workers=self.num_workers, persistent_workers=False,
-                        collate_fn=as_is, **self.kwargs)
-        for batch in dl:
+        ds._publish()  # before iter(): fresh or persistent workers start from it
+        for batch in self._loader():
             ds.epoch, ds.batch = batch["epoch"], batch["batch"] + 1
             self._tally(batch)
             yield batch
@@ -295,8 +325,10 @@ def as_is(batch: dict) -> dict:
 
 
 def loader(mixture: Mixture | str | Path, *, rank: int | None = None, world_size: int | None = None,
-           num_workers: int = 2, decode: bool = True, **kwargs) -> MixLoader:
+           num_workers: int = 2, decode: bool = True, transform: Callable[[dict], dict] | None = None,
+           **kwargs) -> MixLoader:
     """The trainer's entry point: `for batch in loader("pipelines/mixtures/mm1.yaml"): ...`.
-    rank and world_size default to torch.distributed's; kwargs go to the DataLoader."""
+    rank and world_size default to torch.distributed's; `transform` runs on every batch in the
+    workers (see MixLoader); kwargs go to the DataLoader."""
     ds = MixDataset(mixture, rank=rank, world_size=world_size, num_workers=num_workers, decode=decode)
-    return MixLoader(ds, num_workers=num_workers, **kwargs)
+    return MixLoader(ds, num_workers=num_workers, transform=transform, **kwargs)

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmdata.config import Mixture
-from mmdata.mix.decode import estimate_tokens
 
 
 @dataclass
@@ -57,9 +56,10 @@ def run(mixture: Mixture | str | Path, batches: int, *, world_size: int = 1, num
         n = 0
         try:
             for batch in MixLoader(ds, num_workers=num_workers):
-                for src, x, p, syn in zip(batch["sources"], batch["samples"], batch["passes"], batch["synthetic"]):
+                for src, x, p, syn, tok in zip(batch["sources"], batch["samples"], batch["passes"], batch["synthetic"],
+                                               batch["tokens"]):
                     out.samples[src] += 1
-                    out.tokens[src] += estimate_tokens(x, mix.decode)
+                    out.tokens[src] += tok
                     out.synthetic[src] += syn
                     out.passes[src] = max(out.passes[src], p + 1)
                     ident = (src, f"{x['__url__'].rsplit('/', 1)[-1]}/{x['__key__']}")

@@ -4,10 +4,12 @@
 `from_pretrained`, so any CLIP-like checkpoint with `get_image_features` / `get_text_features`
 works (CLIP, SigLIP, the tiny demo CLIP).
 
-Images are prepared in two halves. `Preprocess.__call__` runs in decode threads: convert to RGB
-(alpha on white), resize and centre-crop with PIL exactly as the model's image processor does, and
-return uint8 HWC. `Preprocess.pixels` runs on the batch, on the model's device: uint8 -> float,
-rescale, normalise, cast to the model dtype. Shipping uint8 moves a quarter of the bytes to the GPU
+Images are prepared in two halves. `Preprocess.__call__` runs in decode threads on the upright RGB
+image that `mmdata.images.open_rgb` gives every consumer (EXIF orientation, alpha on white; the
+mixture sampler trains on the same), resizes and centre-crops it with PIL exactly as the model's
+image processor does (so no JPEG draft here, unlike the sampler), and returns uint8 HWC.
+`Preprocess.pixels` runs on the batch, on the model's device: uint8 -> float, rescale, normalise,
+cast to the model dtype. Shipping uint8 moves a quarter of the bytes to the GPU
 and keeps float maths off the decode threads. The two halves together equal the processor's output
 (asserted in the tests).
 
@@ -16,7 +18,6 @@ Embeddings come back L2-normalised in float32; `cosine` of two of them is the ex
 
 from __future__ import annotations
 
-import io
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,8 +25,9 @@ from math import ceil
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
+from mmdata.images import open_rgb, to_rgb
 from mmdata.memory import keep_freed_memory
 from mmdata.models.device import free_cache, is_oom, pick_device, pick_dtype
 
@@ -102,14 +104,6 @@ class Preprocess:
         return x.sub_(mean).div_(std).to(dtype)
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
-    if "A" in img.getbands() or img.info.get("transparency") is not None:
-        img = img.convert("RGBA")
-        white = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, img).convert("RGB")
-    return img.convert("RGB")
-
-
 def _center_crop(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     h, w = arr.shape[:2]
     ch, cw = size
@@ -121,19 +115,6 @@ def _center_crop(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         arr, h, w = padded, H, W
     top, left = (h - ch) // 2, (w - cw) // 2
     return np.ascontiguousarray(arr[top : top + ch, left : left + cw])
-
-
-def open_image(data: bytes, draft: int | None = None) -> Image.Image:
-    """Decode bytes; EXIF orientation applied (what a viewer, and the caption writer, saw).
-
-    `draft` lets JPEGs decode at a reduced scale (>= draft px a side): much faster, not bit-equal
-    to the processor, so only for training.
-    """
-    img = Image.open(io.BytesIO(data))
-    if draft:
-        img.draft("RGB", (draft, draft))
-    img.load()
-    return ImageOps.exif_transpose(img)
 
 
 def run_adaptive(fn: Callable[[Sequence], Any], items: Sequence, batch_size: int, device: str = "cpu"):
@@ -205,7 +186,7 @@ class ClipEncoder:
 
     def decode(self, data: bytes) -> np.ndarray:
         """Image bytes -> model-ready uint8 (H, W, 3). Thread-safe; raises on an unreadable image."""
-        return self.prep(open_image(data))
+        return self.prep(open_rgb(data))
 
     def _image_features(self, arrays: Sequence[np.ndarray]) -> Any:
         import torch

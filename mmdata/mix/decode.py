@@ -110,8 +110,8 @@ def normalize(images: Any, spec: Any, device: Any = None, dtype: Any = None) -> 
     import torch
 
     mean, std = _mean_std(spec)
-    x = images.to(device, non_blocking=True) if device is not None else images
-    x = x.to(torch.float32)
+    x = images.to(device, non_blocking=True) if device is not None else images  # uint8 crosses PCIe
+    x = x.to(torch.float32, copy=True)  # a new tensor even from float32: the maths below is in place
     # (x / 255 - mean) / std as one multiply and one subtract: x * (1 / (255 std)) - mean / std
     scale = torch.tensor([1 / (255 * s) for s in std], dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
     shift = torch.tensor([m / s for m, s in zip(mean, std)], dtype=torch.float32, device=x.device).view(1, 3, 1, 1)

@@ -61,15 +61,18 @@ def _distributed() -> tuple[int, int]:
 
 class MixDataset(IterableDataset):
     """This rank's local batches of a mixture. `decode=False` yields raw samples (bytes) instead of
-    tensors. `num_workers` is the DataLoader's, checked against `lanes` before anything starts."""
+    tensors. `num_workers` is the DataLoader's, checked against `lanes` before anything starts.
+    `transform(batch) -> batch`, when given, runs on every batch inside the worker that made it
+    (`decode.Normalize` for float images on CPU; the trainer tokenises and packs there); it must
+    keep `epoch`, `batch` and `sources` (and `caption`, `tokens` for MixLoader's counts)."""
 
     def __init__(self, mixture: Mixture | str | Path, *, rank: int | None = None, world_size: int | None = None,
-                 num_workers: int = 0, decode: bool = True):
+                 num_workers: int = 0, decode: bool = True, transform: Callable[[dict], dict] | None = None):
         self.mix = m = load_mixture(mixture)
         auto = _distributed()
         self.rank = auto[0] if rank is None else rank
         self.world = auto[1] if world_size is None else world_size
-        self.num_workers, self.decode = num_workers, decode
+        self.num_workers, self.decode, self.transform = num_workers, decode, transform
         if not 0 <= self.rank < self.world:
             raise MixError(f"rank {self.rank} is outside world_size {self.world}")
         self._check_workers(max(1, num_workers))
@@ -192,7 +195,7 @@ class MixDataset(IterableDataset):
                    "synthetic": synthetic, "tokens": [estimate_tokens(x, self.mix.decode, r) for x, r in zip(samples, records)],
                    "epoch": epoch, "batch": b}
         out["passes"] = [p for _, p, _ in picks]
-        return out
+        return out if self.transform is None else self.transform(out)
 
     def _synthetic(self, src: Source, epoch: int, sample: dict, record: dict) -> bool:
         """VeCap share: a seeded coin per (source, epoch, sample), the same on every rank and worker."""
@@ -267,16 +270,14 @@ class MixLoader:
 
     `state_dict()` at any point describes the batches handed out so far (prefetched ones are made
     again after a restore); `realized` counts samples per source, `synthetic` VeCap captions used.
-    `transform(batch) -> batch` runs in the workers on every batch (`decode.Normalize` for float
-    images on CPU; keep the bookkeeping keys). Defaults, each overridable through kwargs: memory
-    pinned when CUDA is available; with workers, `persistent_workers` (they survive the end of an
-    epoch or a `break`, and start the next iter() where the trainer stands) and `prefetch_factor` 2.
+    Defaults, each overridable through kwargs: memory pinned when CUDA is available; with workers,
+    `persistent_workers` (they survive the end of an epoch or a `break`, and start the next iter()
+    where the trainer stands) and `prefetch_factor` 2.
     """
 
-    def __init__(self, dataset: MixDataset, *, num_workers: int = 0, transform: Callable[[dict], dict] | None = None,
-                 **kwargs):
+    def __init__(self, dataset: MixDataset, *, num_workers: int = 0, **kwargs):
         dataset._check_workers(max(1, num_workers))
-        self.dataset, self.num_workers, self.transform, self.kwargs = dataset, num_workers, transform, kwargs
+        self.dataset, self.num_workers, self.kwargs = dataset, num_workers, kwargs
         self.realized: Counter = Counter()
         self.synthetic: Counter = Counter()
         self.tokens: Counter = Counter()
@@ -290,8 +291,8 @@ class MixLoader:
             if self.num_workers:
                 opts.update(persistent_workers=True, prefetch_factor=2)
             opts.update(self.kwargs)
-            self._dl = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
-                                  collate_fn=self.transform or as_is, **opts)
+            self._dl = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers, collate_fn=as_is,
+                                  **opts)
         return self._dl
 
     def __iter__(self):
@@ -328,7 +329,8 @@ def loader(mixture: Mixture | str | Path, *, rank: int | None = None, world_size
            num_workers: int = 2, decode: bool = True, transform: Callable[[dict], dict] | None = None,
            **kwargs) -> MixLoader:
     """The trainer's entry point: `for batch in loader("pipelines/mixtures/mm1.yaml"): ...`.
-    rank and world_size default to torch.distributed's; `transform` runs on every batch in the
-    workers (see MixLoader); kwargs go to the DataLoader."""
-    ds = MixDataset(mixture, rank=rank, world_size=world_size, num_workers=num_workers, decode=decode)
-    return MixLoader(ds, num_workers=num_workers, transform=transform, **kwargs)
+    rank and world_size default to torch.distributed's; `transform` runs on each batch in the
+    worker (picklable; see MixDataset); kwargs go to the DataLoader."""
+    ds = MixDataset(mixture, rank=rank, world_size=world_size, num_workers=num_workers, decode=decode,
+                    transform=transform)
+    return MixLoader(ds, num_workers=num_workers, **kwargs)

@@ -5,8 +5,10 @@ One `Fetcher` per task (one asyncio loop, one aiohttp session). What it guarante
 - **Bounded time**: every attempt has a connect, a first-byte (also: longest stall between body
   chunks) and a total timeout; retries and waits are capped, so a batch finishes in bounded time
   whatever the servers do.
-- **Politeness**: a global cap on requests in flight and a per-host cap; 429/503 with Retry-After
-  pause the whole host (up to `retry_after_max`, beyond that we give up rather than hammer);
+- **Politeness**: a global cap on requests in flight, a per-host cap and an optional per-host rate;
+  429/503 with Retry-After pause the whole host (up to `retry_after_max`, beyond that we give up
+  rather than hammer). On a Dask worker the per-host cap, rate and pauses hold for the whole run,
+  across every task (mmdata.politeness);
   transient failures (timeouts, resets, truncated bodies, 408/425/429/5xx) retried with full
   jitter; a user agent that names the crawler; robots.txt per host (cached, fetched once); the
   X-Robots-Tag directives in `x_robots_directives`; an opt-out list of domains or URL prefixes.
@@ -50,6 +52,7 @@ from urllib.robotparser import RobotFileParser
 import aiohttp
 from aiohttp.abc import AbstractResolver
 
+from mmdata import politeness
 from mmdata.config import FetchConfig
 
 SUCCESS = "success"
@@ -116,6 +119,39 @@ def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return ipaddress.ip_address(text.strip("[]"))
     except ValueError:
         return None
+
+
+_DIGITS = {10: frozenset("0123456789"), 8: frozenset("01234567"), 16: frozenset("0123456789abcdefABCDEF")}
+
+
+def ipv4_host(host: str) -> str | None:
+    """The dotted-quad form of a host that URL parsers and inet_aton read as an IPv4 address
+    (WHATWG URL host parsing): `2130706433`, `127.1`, `0x7f.1`, `017700000001` are all 127.0.0.1.
+    None when the host does not end in a number (a name); ValueError when it does but is no address
+    (`1.2.3.4.5`, `256.1.1.1`), which browsers refuse too."""
+    parts = host.split(".")
+    if len(parts) > 1 and parts[-1] == "":
+        parts.pop()
+    last = parts[-1]
+    if not (last and (set(last) <= _DIGITS[10] or (last[:2].lower() == "0x" and set(last[2:]) <= _DIGITS[16]))):
+        return None
+    if len(parts) > 4:
+        raise ValueError(f"{host}: more than 4 parts in an IPv4 address")
+    nums = []
+    for part in parts:
+        if part[:2].lower() == "0x":
+            base, digits = 16, part[2:]
+        elif len(part) > 1 and part[0] == "0":
+            base, digits = 8, part[1:]
+        else:
+            base, digits = 10, part
+        if not part or not set(digits) <= _DIGITS[base]:
+            raise ValueError(f"{host}: {part!r} is not a number")
+        nums.append(int(digits, base) if digits else 0)
+    if any(n > 255 for n in nums[:-1]) or nums[-1] >= 256 ** (5 - len(nums)):
+        raise ValueError(f"{host}: out of range for an IPv4 address")
+    value = nums[-1] + sum(n << (8 * (3 - i)) for i, n in enumerate(nums[:-1]))
+    return str(ipaddress.IPv4Address(value))
 
 
 def public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
@@ -263,10 +299,20 @@ def x_robots_refused(values: Iterable[str], directives: Iterable[str], agent: st
     return None
 
 
+def _refused(e: BaseException | None) -> Refused | None:
+    """The SSRF guard's refusal somewhere in an exception's chain (aiohttp wraps it its own ways)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, Refused):
+            return e
+        seen.add(id(e))
+        e = getattr(e, "os_error", None) or e.__cause__ or e.__context__
+    return None
+
+
 def _failure(e: BaseException, cfg: FetchConfig, url: str, http_status: int | None = None) -> _Fail:
-    refused = e.__cause__ if isinstance(e.__cause__, Refused) else getattr(e, "os_error", None)
-    if isinstance(refused, Refused):
-        return _Fail(SSRF, str(refused), url=url)
+    if (refused := _refused(e)) is not None:
+        return _Fail(SSRF, str(refused), http_status=http_status, url=url)
     message, transient = _describe(e, cfg)
     return _Fail(FAILED, message, http_status=http_status, transient=transient, url=url)
 
@@ -291,10 +337,26 @@ def _describe(e: BaseException, cfg: FetchConfig) -> tuple[str, bool]:
     return f"{type(e).__name__}: {e}", False
 
 
-@dataclass
-class _Host:
-    slots: asyncio.Semaphore
-    not_before: float = 0.0  # loop time before which nobody asks this host again
+def _canonical(url: str):
+    """(url, its parts) with a numeric IPv4 host in dotted-quad form, so that the policy checks
+    and the wire see the address every resolver would; ValueError for what is no http(s) URL."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError as e:
+        raise ValueError(f"not a URL: {e}") from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise ValueError(f"not an absolute http(s) URL: {url[:200]}")
+    if ":" in host:  # IPv6 literal
+        return url, parts
+    quad = ipv4_host(host)
+    if quad is None or quad == host:
+        return url, parts
+    netloc = parts.netloc.rpartition("@")
+    hostport = netloc[2]
+    port = f":{parts.port}" if parts.port is not None else ""
+    fixed = parts._replace(netloc=f"{netloc[0]}{netloc[1]}{quad}{port}" if hostport else quad)
+    return fixed.geturl(), urlsplit(fixed.geturl())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,17 +366,23 @@ class _Host:
 class Fetcher:
     """`async with Fetcher(cfg) as f:` then `await f.fetch(url)` or `async with f.fetching(url) as r`."""
 
-    def __init__(self, cfg: FetchConfig, accept: str = ACCEPT_IMAGES):
+    def __init__(self, cfg: FetchConfig, accept: str = ACCEPT_IMAGES, link=None):
+        """`link`: an awaitable call to the run's host budget (`politeness.worker_link`); by
+        default found when running on a Dask worker and `cfg.cluster_wide` is set."""
         self.cfg = cfg
         self.accept = accept
         self.policy = Policy(cfg)
         self.agent = cfg.user_agent.split("/")[0].split()[0].lower() if cfg.user_agent.strip() else "*"
-        self._hosts: dict[str, _Host] = {}
+        if link is None and cfg.cluster_wide:
+            link = politeness.worker_link()
+        self.hosts = (politeness.SharedHosts(cfg.per_host, cfg.per_host_rate, link) if link
+                      else politeness.Hosts(cfg.per_host, cfg.per_host_rate))
         self._robots: dict[str, asyncio.Future] = {}
         self.requests = 0  # HTTP requests sent, robots.txt included
 
     async def __aenter__(self) -> Self:
         self._slots = asyncio.Semaphore(self.cfg.concurrency)
+        await self.hosts.start()
         connector = aiohttp.TCPConnector(
             limit=0, limit_per_host=0, resolver=_Resolver(self.policy), ttl_dns_cache=300, enable_cleanup_closed=True
         )
@@ -331,6 +399,7 @@ class Fetcher:
 
     async def __aexit__(self, *exc) -> None:
         await self.session.close()
+        await self.hosts.close()
 
     async def fetch(self, url: str) -> FetchResult:
         async with self.fetching(url) as result:
@@ -357,21 +426,20 @@ class Fetcher:
         cfg = self.cfg
         result = FetchResult(url, FAILED)
         try:
-            parts = urlsplit(url)
-            ok = parts.scheme in ("http", "https") and bool(parts.hostname)
-        except ValueError:
-            ok = False
-        if not ok:
-            result.status, result.error_message = INVALID, "not an absolute http(s) URL"
+            target, parts = _canonical(url)
+        except ValueError as e:
+            result.status, result.error_message = INVALID, str(e)
             return result
         for attempt in range(cfg.retries + 1):
             result.attempts = attempt + 1
+            result.http_status = None  # of this attempt's last response
             try:
-                await self._attempt(url, result, parts)
+                await self._attempt(target, result, parts)
                 break
             except _Fail as f:
-                result.status, result.error_message, result.http_status = f.status, f.message, f.http_status
-                result.final_url = f.url
+                result.status, result.error_message = f.status, f.message
+                result.http_status = f.http_status if f.http_status is not None else result.http_status
+                result.final_url = f.url if f.url != target else url
                 if not f.transient or attempt == cfg.retries:
                     break
                 if f.wait is not None:
@@ -381,28 +449,20 @@ class Fetcher:
         result.elapsed = time.monotonic() - t0
         return result
 
-    def _host(self, netloc: str) -> _Host:
-        host = self._hosts.get(netloc)
-        if host is None:
-            host = self._hosts[netloc] = _Host(asyncio.Semaphore(self.cfg.per_host))
-        return host
-
     @asynccontextmanager
     async def _slot(self, netloc: str):
-        """A per-host slot (after any pause the host asked for), then a global one."""
-        host = self._host(netloc)
-        loop = asyncio.get_running_loop()
-        async with host.slots:
-            while (wait := host.not_before - loop.time()) > 0:
-                await asyncio.sleep(wait)
+        """A slot on the host (after any pause it asked for, at its rate), then a global one."""
+        host = self.hosts.get(netloc)
+        await self.hosts.acquire(host)
+        try:
             async with self._slots:
                 yield host
+        finally:
+            self.hosts.release(host)
 
     def _check(self, url: str, parts=None) -> tuple[str, str]:
-        """Policy checks for one hop; returns (host, netloc)."""
+        """Policy checks for one hop (`url` canonical, see `_canonical`); returns (host, netloc)."""
         parts = parts or urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise _Fail(FAILED, f"redirect to a non-http(s) URL: {url[:200]}", url=url)
         host = parts.hostname.rstrip(".").lower()
         if (why := self.policy.refusal(host)) is not None:
             raise _Fail(*why, url=url)
@@ -421,17 +481,20 @@ class Fetcher:
             async with self._slot(netloc) as hostinfo:
                 body = await self._request(current, hostinfo, result)
             if body is None:  # a redirect: result.final_url holds the next hop
-                current = result.final_url
+                try:
+                    current, _ = _canonical(result.final_url)
+                except ValueError as e:
+                    raise _Fail(FAILED, f"redirect to an invalid URL: {e}", http_status=result.http_status,
+                                url=result.final_url) from None
                 continue
             # success: take the global slot again on behalf of the caller (released in fetching)
             await self._slots.acquire()
             result.status, result.error_message, result.body, result.final_url = SUCCESS, None, body, current
             return
-        raise _Fail(FAILED, f"too many redirects (> {cfg.max_redirects})", url=current)
+        raise _Fail(FAILED, f"too many redirects (> {cfg.max_redirects})", http_status=result.http_status, url=current)
 
-    async def _request(self, url: str, hostinfo: _Host, result: FetchResult) -> bytes | None:
+    async def _request(self, url: str, hostinfo: politeness.Host, result: FetchResult) -> bytes | None:
         cfg = self.cfg
-        loop = asyncio.get_running_loop()
         self.requests += 1
         try:
             async with asyncio.timeout(cfg.total_timeout):
@@ -451,7 +514,7 @@ class Fetcher:
                             if wait is not None:
                                 # the server asked the whole host to wait: nobody here asks earlier
                                 wait += random.uniform(0, 0.1 * wait + 0.05)
-                                hostinfo.not_before = max(hostinfo.not_before, loop.time() + wait)
+                                self.hosts.pause(hostinfo, wait)
                         raise _Fail(FAILED, f"HTTP {resp.status} {resp.reason or ''}".strip(), http_status=resp.status,
                                     transient=resp.status in RETRY_HTTP, wait=wait, url=url)
                     if cfg.x_robots_tag:
@@ -496,7 +559,10 @@ class Fetcher:
         url = origin + "/robots.txt"
         for _ in range(cfg.max_redirects + 1):
             try:
-                _, netloc = self._check(url)
+                url, parts = _canonical(url)
+                _, netloc = self._check(url, parts)
+            except ValueError as e:
+                return _Fail(FAILED, f"robots.txt unavailable: redirect to an invalid URL: {e}")
             except _Fail as f:
                 return _Fail(f.status, f"robots.txt unavailable: {f.message}")
             async with self._slot(netloc):

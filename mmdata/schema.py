@@ -10,7 +10,7 @@ from pathlib import Path
 import jsonschema
 
 VERSION = 1
-KINDS = ("pair", "interleaved", "text", "shard_meta", "shard_stats")
+KINDS = ("pair", "interleaved", "text", "shard_meta", "pair_meta", "shard_stats")
 
 
 def schema_dir() -> Path:
@@ -35,3 +35,22 @@ def errors(kind: str, record: dict) -> list[str]:
         where = "/".join(str(p) for p in e.path) or "(record)"
         out.append(f"{where}: {e.message}")
     return out
+
+
+_ARROW = {"string": "string", "integer": "int64", "number": "float64", "boolean": "bool"}
+
+
+@cache
+def arrow_schema(kind: str):
+    """The parquet columns of `kind` (its required properties, in order), typed from the JSON
+    types: a column empty in one shard is still typed, so every shard of a set has one schema."""
+    import pyarrow as pa
+
+    spec = json.loads((schema_dir() / f"{kind}.schema.json").read_text())
+    fields = []
+    for name in spec["required"]:
+        types = spec["properties"][name]["type"]
+        types = [types] if isinstance(types, str) else types
+        (json_type,) = [t for t in types if t != "null"]
+        fields.append(pa.field(name, getattr(pa, _ARROW[json_type])(), nullable="null" in types))
+    return pa.schema(fields)

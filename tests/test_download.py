@@ -198,18 +198,20 @@ def test_inputs_every_format(tmp_path, s3):
     rows.iloc[3:4].to_json(folder / "3.jsonl", orient="records", lines=True)
     rows.iloc[4:5].to_json(folder / "4.json", orient="records")
     (folder / "_ignored.csv").write_text("link,text\nx,y\n")
-    got = pd.concat(inputs.rows(str(folder), url_col="link", caption_col="text", columns=["n"]), ignore_index=True)
+    got = pd.concat([t.to_pandas() for t in inputs.rows(str(folder), url_col="link", caption_col="text", columns=["n"])],
+                    ignore_index=True)
     assert list(got["url"]) == list(rows["link"]) and list(got["caption"]) == list(rows["text"])
     assert [int(v) for v in got["n"]] == list(range(5))
+    assert got[inputs.ROW_ERROR].isna().all()
     (tmp_path / "urls.txt").write_text("http://h/1.jpg\n\nhttp://h/2.jpg\n")
-    txt = next(inputs.rows(str(tmp_path / "urls.txt")))
+    txt = next(inputs.rows(str(tmp_path / "urls.txt"))).to_pandas()
     assert list(txt["url"]) == ["http://h/1.jpg", "http://h/2.jpg"] and txt["caption"].isna().all()
-    cut = [len(b) for b in inputs.batches(str(folder), size=2, url_col="link", caption_col="text")]
+    cut = [b.num_rows for b in inputs.batches(str(folder), size=2, url_col="link", caption_col="text")]
     assert cut == [2, 2, 1]
     fsio.write_parquet("s3://mmdata-test/urls/part.parquet", rows)
     remote = next(inputs.rows("s3://mmdata-test/urls/", url_col="link", caption_col="text"))
-    assert list(remote["url"]) == list(rows["link"])
-    with pytest.raises(ValueError, match="no url column"):
+    assert remote.column("url").to_pylist() == list(rows["link"])
+    with pytest.raises(inputs.InputError, match="no url column"):
         next(inputs.rows(str(folder / "0.parquet")))
 
 

@@ -138,3 +138,26 @@ def test_plain_http_mirror_for_https_urls(server):
 
     tls = fetch_all(urls[:1], cfg_for(server, retries=0))  # 'addr:port' keeps TLS: no handshake with a plain server
     assert tls[0].status == "failed_to_download"
+
+
+def test_numeric_ipv4_hosts_are_ssrf_refusals(server):
+    """Every spelling of 127.0.0.1 a resolver accepts is normalised before the guard: refused as
+    SSRF (final), never a retryable failure; with the address allowed they are fetched."""
+    from mmdata.fetch import ipv4_host
+
+    assert {ipv4_host(h) for h in ("2130706433", "127.1", "017700000001", "0x7f.1", "0x7F000001", "127.0.0.1.")} == {"127.0.0.1"}
+    assert ipv4_host("example.com") is None and ipv4_host("1.2.3.4") == "1.2.3.4"
+    for bad in ("1.2.3.4.5", "256.1.1.1", "08.1.1.1", "1.2.3.0x100"):
+        with pytest.raises(ValueError):
+            ipv4_host(bad)
+    server.reset()
+    port = server.port
+    urls = [f"http://2130706433:{port}/_host/{OTHER}/img/a.jpg", f"http://127.1:{port}/_host/{OTHER}/img/b.jpg",
+            f"http://017700000001:{port}/_host/{OTHER}/img/c.jpg", "http://0x7f.1/d.jpg", "http://localhost./e.jpg",
+            "http://256.1.1.1/f.jpg"]
+    got = fetch_all(urls, cfg_for(server, allow=[], robots_txt=False))
+    assert [r.status for r in got] == ["skipped_ssrf"] * 5 + ["skipped_invalid_url"], [r.error_message for r in got]
+    assert got[0].attempts == 1 and "127.0.0.1" in got[0].error_message
+    assert server.stats()["requests"] == 0
+    allowed = fetch_all(urls[:3], cfg_for(server, allow=["127.0.0.1"], robots_txt=False, connect_to={}))
+    assert [r.status for r in allowed] == ["success"] * 3, [r.error_message for r in allowed]

@@ -10,7 +10,8 @@ What it answers (see :mod:`mmdata.demo.urls` for hosts, the ``/_host/`` form and
 * any other host (the real pages' image URLs after ``connect_to``): a stand-in image derived from
   host and path when the path looks like an image, else 404;
 * on ``127.0.0.1``/``localhost`` only: ``GET /_stats`` (requests per host and per URL, the most
-  requests in flight per host) and ``POST /_reset`` (clears stats and fault attempt counters).
+  requests in flight per host), ``GET /_timeline`` (per host, every request's arrival and answer
+  times, status and Retry-After) and ``POST /_reset`` (clears both and the fault attempt counters).
 
 :class:`DemoServer` runs it in a child process; :func:`main` runs it in the foreground.
 """
@@ -27,6 +28,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 import zlib
 from collections import Counter
 from pathlib import Path
@@ -115,6 +117,7 @@ class DemoSite:
         self.by_host: Counter = Counter()
         self.inflight: Counter = Counter()
         self.max_inflight: Counter = Counter()
+        self.timeline: dict[str, list] = {}  # host -> [arrival, answered, status, Retry-After] (monotonic s)
 
     def stats(self) -> dict:
         return {
@@ -134,6 +137,8 @@ class DemoSite:
                 path = "/" + rest
             elif path == "/_stats":
                 return web.json_response(self.stats())
+            elif path == "/_timeline":
+                return web.json_response(self.timeline)
             elif path == "/_reset" and request.method == "POST":
                 self.reset()
                 return web.Response(text="ok\n")
@@ -141,10 +146,16 @@ class DemoSite:
         self.hits[(host, f"{path}?{query}" if query else path)] += 1
         self.inflight[host] += 1
         self.max_inflight[host] = max(self.max_inflight[host], self.inflight[host])
+        arrived, resp = time.monotonic(), None
         try:
-            return await self._serve(request, host, path, query)
+            resp = await self._serve(request, host, path, query)
+            return resp
         finally:
             self.inflight[host] -= 1
+            events = self.timeline.setdefault(host, [])
+            if len(events) < 200_000:
+                ra = resp.headers.get("Retry-After") if resp is not None else None
+                events.append([arrived, time.monotonic(), resp.status if resp is not None else None, ra])
 
     async def _serve(self, request, host: str, path: str, query: str) -> web.StreamResponse:
         if path.startswith(FAULT_PREFIX):
@@ -198,6 +209,8 @@ class DemoSite:
         if mode == "not_image":
             return web.Response(body=NOT_IMAGE_BODY, headers={"Content-Type": "image/jpeg"})
         if mode in ("redirect", "redirect_loop"):
+            if mode == "redirect" and "to" in params:
+                return web.Response(status=int(params.get("code", 302)), headers={"Location": params["to"]})
             if mode == "redirect":
                 hops = int(params.get("hops", 1))
                 if hops <= 0:
@@ -356,6 +369,12 @@ class DemoServer:
 
     def reset(self) -> None:
         urlopen(Request(f"{self.url}/_reset", method="POST"), timeout=10).close()
+
+    def timeline(self) -> dict[str, list]:
+        """Per host, each request as [arrival, answered, HTTP status, Retry-After], in the server's
+        monotonic seconds: what politeness tests check pauses and concurrency against."""
+        with urlopen(f"{self.url}/_timeline", timeout=10) as resp:
+            return json.load(resp)
 
 
 def main(argv: list[str] | None = None) -> int:

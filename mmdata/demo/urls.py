@@ -23,7 +23,7 @@ default image when there is none (so any ``<name>`` works). Modes and their para
 ``wrong_type``      the image bytes with ``Content-Type: text/html`` (or ``type=...``).
 ``not_image``       200, ``Content-Type: image/jpeg``, an HTML error page as body.
 ``redirect``        ``hops`` (default 1) relative redirects (status ``code``, default 302), then
-                    the image.
+                    the image; with ``to=URL``, one redirect to that (absolute) URL.
 ``redirect_loop``   redirects forever between ``?leg=0`` and ``?leg=1``.
 ``bomb``            a small PNG declaring ``side`` x ``side`` pixels (default 20000: 400 Mpx,
                     beyond Pillow's decompression-bomb limit).

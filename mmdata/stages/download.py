@@ -22,18 +22,23 @@ Keys are `{shard:05d}{row:04d}`. Statuses: see mmdata.fetch and mmdata.images.
 from __future__ import annotations
 
 import asyncio
+import base64
 import math
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
 
+import fsspec
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from mmdata import fsio, images, inputs, samples
 from mmdata.config import ConfigError, DownloadConfig, Pipeline
 from mmdata.engine import Report, Shard, Stage, digest, finished, map_shards, stats_url
-from mmdata.fetch import Fetcher, FetchResult
+from mmdata.fetch import INVALID, Fetcher, FetchResult
+from mmdata.schema import arrow_schema
 
 RESULT_COLUMNS = ("key", "status", "error_message", "url", "caption", "width", "height", "original_width",
                   "original_height", "sha256", "exif", "ext", "http_status", "final_url")
@@ -60,32 +65,61 @@ def _manifest_spec(cfg: DownloadConfig) -> dict:
     return {
         "input": cfg.input, "input_format": cfg.input_format, "url_col": cfg.url_col, "caption_col": cfg.caption_col,
         "save_additional_columns": cfg.save_additional_columns, "samples_per_shard": cfg.samples_per_shard,
+        "max_url_length": cfg.max_url_length, "max_line_bytes": cfg.max_line_bytes,
     }
 
 
+def _spec_changed(old: dict, new: dict) -> list[str]:
+    # settings added since a folder was partitioned: their default then is what was used
+    defaults = {"max_url_length": 4096, "max_line_bytes": 2**20}
+    return [k for k in new if old.get(k, defaults.get(k)) != new[k]]
+
+
 def partition(cfg: DownloadConfig, out: str, overwrite: bool = False) -> list[str]:
-    """Cut the input into shard input files (once); returns the shard ids."""
+    """Cut the input into shard input files (once); returns the shard ids.
+
+    The manifest also records the carried columns' one schema for the whole set (files and chunks
+    may disagree: a column empty in one, text in another), which every shard's metadata takes."""
     manifest_url = fsio.join(out, "_inputs", "_manifest.json")
     spec = _manifest_spec(cfg)
     if not overwrite and fsio.exists(manifest_url):
         manifest = fsio.read_json(manifest_url)
-        if manifest["spec"] != spec:
-            changed = ", ".join(k for k in spec if manifest["spec"].get(k) != spec[k])
-            raise ConfigError(f"download: {out} was partitioned with other input settings ({changed}); "
+        if changed := _spec_changed(manifest["spec"], spec):
+            raise ConfigError(f"download: {out} was partitioned with other input settings ({', '.join(changed)}); "
                               "use --overwrite to start over or another output")
         return manifest["shards"]
-    ids, total = [], 0
+    ids, total, schemas = [], 0, []
     batches = inputs.batches(cfg.input, size=cfg.samples_per_shard, input_format=cfg.input_format,
-                             url_col=cfg.url_col, caption_col=cfg.caption_col, columns=cfg.save_additional_columns)
-    for n, frame in enumerate(batches):
+                             url_col=cfg.url_col, caption_col=cfg.caption_col, columns=cfg.save_additional_columns,
+                             max_url_length=cfg.max_url_length, max_line_bytes=cfg.max_line_bytes)
+    for n, table in enumerate(batches):
         sid = f"{n:05d}"
         # carried columns never clobber ours: a carried `status` becomes `input_status`
-        frame = frame.rename(columns={c: f"input_{c}" for c in frame.columns if c in RESERVED and c not in ("url", "caption")})
-        fsio.write_parquet(fsio.join(out, "_inputs", f"{sid}.parquet"), frame)
+        table = table.rename_columns([f"input_{c}" if c in RESERVED and c not in ("url", "caption") else c
+                                      for c in table.column_names])
+        fsio.write_parquet(fsio.join(out, "_inputs", f"{sid}.parquet"), table)
+        schemas.append(table.schema)
         ids.append(sid)
-        total += len(frame)
-    fsio.write_json(manifest_url, {"spec": spec, "shards": ids, "rows": total})
+        total += table.num_rows
+    if not total:
+        raise inputs.InputError(f"download: no rows in {cfg.input}")
+    carried = inputs.unify(pa.schema([f for f in s if f.name not in ("url", "caption", inputs.ROW_ERROR)]) for s in schemas)
+    fsio.write_json(manifest_url, {"spec": spec, "shards": ids, "rows": total,
+                                 "carried": base64.b64encode(carried.serialize().to_pybytes()).decode()})
     return ids
+
+
+def _read_table(url: str) -> pa.Table:
+    with fsspec.open(url, "rb") as f:
+        return pq.read_table(f)
+
+
+def carried_schema(out: str) -> pa.Schema | None:
+    """The carried columns of every shard of the set, one type each (see `partition`)."""
+    manifest = fsio.read_json(fsio.join(out, "_inputs", "_manifest.json"))
+    if "carried" not in manifest:  # partitioned before the set had one schema: as the shard has them
+        return None
+    return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(manifest["carried"])))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,30 +144,34 @@ class Download(Stage):
         return digest(self.cfg)  # not `retry_failed`: the retry pass redoes finished shards on purpose
 
     def process(self, shard: Shard, out: str) -> dict:
-        rows = fsio.read_parquet(shard.input.url)
-        n = len(rows)
+        rows = _read_table(shard.input.url)  # arrow: integers stay integers, nulls stay null
+        n = rows.num_rows
         if n > 10_000:
             raise ValueError(f"shard {shard.id} has {n} rows; keys allow 10000")
-        carried = [c for c in rows.columns if c not in ("url", "caption")]
+        carried_types = carried_schema(out)
+        if carried_types is None:
+            carried_types = pa.schema([f for f in rows.schema if f.name not in ("url", "caption", inputs.ROW_ERROR)])
+        carried = carried_types.names
         meta_url, tar_url = fsio.join(out, f"{shard.id}.parquet"), fsio.join(out, f"{shard.id}.tar")
         prev = None
         if self.retry_failed and fsio.exists(stats_url(out, shard.id)) and fsio.exists(meta_url):
-            prev = fsio.read_parquet(meta_url)
+            prev = _read_table(meta_url).to_pylist()
             if len(prev) != n:
                 raise ValueError(f"shard {shard.id}: previous metadata has {len(prev)} rows, input {n}")
-        todo = [i for i in range(n) if prev is None or failed(prev["status"].iat[i])]
+        cols = {c: (rows.column(c).to_pylist() if c in rows.column_names else [None] * n)
+                for c in ("url", "caption", inputs.ROW_ERROR, *carried)}
+        problems = cols.pop(inputs.ROW_ERROR)
+        todo = [i for i in range(n) if prev is None or failed(prev[i]["status"])]
         records: list[dict | None] = [None] * n
         old_samples = samples.read_shard(tar_url) if prev is not None and fsio.exists(tar_url) else iter(())
         sink = samples.TarSink(tar_url, checksum=False)
         writer = _InOrder(shard.id, n, sink, old_samples)
         if prev is not None:
             again = set(todo)
-            for i, rec in enumerate(prev.to_dict("records")):
+            for i, rec in enumerate(prev):
                 if i not in again:
-                    records[i] = {k: _plain(v) for k, v in rec.items()}
+                    records[i] = rec
                     writer.ready(i, _OLD if rec["status"] == "success" else None)
-        cols = {c: rows[c].tolist() for c in ("url", "caption", *carried)}  # row access by position is slow in pandas
-        urls = [(i, cols["url"][i]) for i in todo]
         fetched = {"bytes": 0, "requests": 0}
 
         def emit(i: int, r: FetchResult, img: images.ImageResult | None) -> None:
@@ -143,6 +181,12 @@ class Download(Stage):
             fetched["bytes"] += len(r.body or b"")
             writer.ready(i, _sample(rec, img) if rec["status"] == "success" else None)
 
+        urls = []
+        for i in todo:
+            if problems[i] is not None:  # unusable in the input: never fetched
+                emit(i, FetchResult(cols["url"][i] or "", INVALID, problems[i]), None)
+            else:
+                urls.append((i, cols["url"][i]))
         try:
             fetched["requests"] = asyncio.run(self._download(urls, emit))
             writer.finish()
@@ -150,9 +194,10 @@ class Download(Stage):
         except BaseException:
             sink.discard()
             raise
-        meta = pd.DataFrame.from_records(records, columns=[*RESULT_COLUMNS, *carried])
-        fsio.write_parquet(meta_url, meta)
-        counts = Counter(meta["status"])
+        schema = arrow_schema("pair_meta")
+        schema = pa.schema([*schema, *(f for f in carried_types if f.name not in schema.names)])
+        fsio.write_parquet(meta_url, pa.Table.from_pylist(records, schema=schema))
+        counts = Counter(r["status"] for r in records)
         return {
             "count": n,
             "successes": counts.get("success", 0),

@@ -6,9 +6,10 @@ has URLs for; the coordinator (`HostBudget`, a Dask scheduler plugin: on a Local
 slots among the tasks that want it and keeps its pauses:
 
 - **Cap.** The slots of a host are split fairly between the tasks that want them (water-filling
-  on what each can use). A task whose share shrinks stops starting requests above it, and its
-  requests still in flight count against the host until they end, so the requests in flight to a
-  host, over the whole cluster, never exceed `per_host`.
+  on what each can use). A task whose share shrinks counts at its old share until it has been told
+  (its next call says so) and then at its requests still in flight until they end; only slots
+  counted free are granted, so the requests in flight to a host, over the whole cluster, never
+  exceed `per_host`.
 - **Pauses.** A 429/503 with Retry-After pauses the host in the task that got it at once, and in
   every other task that fetches the host one round trip later (the coordinator wakes them). A task
   gets slots and the host's pause in the same answer, so a task that had no slot cannot start
@@ -277,6 +278,10 @@ class _HostBudget:
     want: dict[str, int] = field(default_factory=dict)  # client -> slots it could use
     inflight: dict[str, int] = field(default_factory=dict)  # client -> as last reported
     limit: dict[str, int] = field(default_factory=dict)  # client -> slots granted
+    # a client told of a smaller share may start requests up to its old one until its answer has
+    # reached it: counted at the old share until it shows (`seen`) it has the new one
+    believed: dict[str, int] = field(default_factory=dict)  # client -> the share it may still act on
+    ack: dict[str, int] = field(default_factory=dict)  # client -> the answer (seq) that tells it
     until: float = 0.0  # monotonic: paused until
 
 
@@ -322,6 +327,8 @@ class HostBudget(SchedulerPlugin):
             h = self.hosts.setdefault(name, _HostBudget())
             h.want[client], h.inflight[client] = int(want), int(inflight)
             h.limit.setdefault(client, 0)
+            if seen >= h.ack.get(client, 0) or bye:
+                h.believed[client] = h.limit[client]
             c.hosts.add(name)
             touched.add(name)
         for name in touched:
@@ -368,8 +375,9 @@ class HostBudget(SchedulerPlugin):
         Shares shrink at once; they grow only into slots nobody uses, a request in flight
         counting as used until it is reported ended."""
         h = self.hosts[name]
-        for client in [c for c in h.want if not (h.want[c] or h.inflight[c] or h.limit[c]) or c not in self.clients]:
-            for d in (h.want, h.inflight, h.limit):
+        for client in [c for c in h.want if not (h.want[c] or h.inflight[c] or h.limit[c] or h.believed.get(c))
+                       or c not in self.clients]:
+            for d in (h.want, h.inflight, h.limit, h.believed, h.ack):
                 d.pop(client, None)
             if client in self.clients:
                 self.clients[client].hosts.discard(name)
@@ -383,19 +391,25 @@ class HostBudget(SchedulerPlugin):
             target[client] = min(h.want[client], left // (len(order) - i))
             left -= target[client]
         changed = {c for c in order if paused}
+        shrunk = set()
         for client in order:  # shrink first
             if target[client] < h.limit[client]:
+                h.believed[client] = max(h.believed.get(client, 0), h.limit[client])
                 h.limit[client] = target[client]
                 changed.add(client)
-        used = sum(max(h.limit[c], h.inflight[c]) for c in order)
-        for client in order:  # then grow into what is free
-            grow = min(target[client] - h.limit[client], cap - used)
-            if grow > 0:
-                h.limit[client] += grow
-                used += grow
+                shrunk.add(client)
+        used = sum(max(h.limit[c], h.inflight[c], h.believed.get(c, 0)) for c in order)
+        for client in order:  # then grow into what is free (a task's own requests in flight are in its share)
+            usage = max(h.limit[client], h.inflight[client], h.believed.get(client, 0))
+            new = min(target[client], usage + cap - used)
+            if new > h.limit[client]:
+                h.limit[client] = new
+                used += max(new, usage) - usage
                 changed.add(client)
         for client in changed:
             self._notify(client)
+            if client in shrunk:
+                h.ack[client] = self.clients[client].seq if client in self.clients else 0
 
     def _expire(self, now: float) -> None:
         for client, c in list(self.clients.items()):

@@ -115,3 +115,31 @@ def test_retry_after_pauses_the_host_for_every_worker(tmp_path, server, where, r
         inside = [e for e in events if begin < e[0] < end]
         assert not inside, f"{len(inside)} requests arrived during a Retry-After pause"
     assert peak_concurrency(events) == 1 and server.stats()["max_inflight"][H2] == 1
+
+
+def test_a_shrunk_share_counts_until_the_task_has_been_told():
+    """The coordinator alone: a task's share shrinks when another task wants the host, but the
+    slots it may still act on are not granted to the other until its next call shows it knows."""
+    import asyncio
+
+    from mmdata.politeness import HostBudget
+
+    async def go():
+        hb = HostBudget()
+        a = await hb.handle("A", 3, None, {"h": [3, 1]}, {}, 0, 0.0)
+        assert a["hosts"]["h"][0] == 3  # alone: the whole budget
+        b = await hb.handle("B", 3, None, {"h": [3, 0]}, {}, 0, 0.0)
+        assert b["hosts"]["h"][0] == 0  # A may still start requests up to 3
+        told = await hb.handle("A", 3, None, {"h": [3, 1]}, {}, a["seq"], 0.0)  # A has not seen the shrink yet
+        assert told["hosts"]["h"][0] == 2 and told["seq"] > a["seq"]
+        b = await hb.handle("B", 3, None, {"h": [3, 0]}, {}, b["seq"], 0.0)
+        assert b["hosts"]["h"][0] == 0  # still not: A's answer may not have reached it
+        await hb.handle("A", 3, None, {"h": [3, 1]}, {}, told["seq"], 0.0)  # now A acts on 2
+        b = await hb.handle("B", 3, None, {"h": [3, 0]}, {}, b["seq"], 0.0)
+        assert b["hosts"]["h"][0] == 1
+        # a pause reaches every task of the host, with its remaining time
+        await hb.handle("A", 3, None, {"h": [3, 1]}, {"h": 5.0}, told["seq"], 0.0)
+        b = await hb.handle("B", 3, None, {"h": [3, 1]}, {}, b["seq"], 0.0)
+        assert 4.0 < b["hosts"]["h"][1] <= 5.0
+
+    asyncio.run(go())

@@ -208,6 +208,34 @@ def serve(root: Annotated[Path | None, typer.Option(help="a demo corpus folder (
     run_server(root, host=host, port=port)
 
 
+eval_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
+                       help="Evaluate a checkpoint few-shot, or score prediction files (`score`).")
+app.add_typer(eval_app, name="eval")
+
+
+@eval_app.command("score")
+def eval_score(
+    task: Annotated[str, typer.Option("--task", help="caption (CIDEr) or vqa (VQA accuracy)")],
+    predictions: Annotated[str, typer.Option("--predictions", "-p", help="results JSON: [{image_id, caption}] or [{question_id, answer}]")],
+    references: Annotated[str, typer.Option("--references", "-r", help="COCO caption annotations / Karpathy split, or VQAv2 annotations")],
+    questions: Annotated[str | None, typer.Option("--questions", "-q", help="VQAv2 questions (optional: checks ids, names question types)")] = None,
+    split: Annotated[str | None, typer.Option("--split", help="Karpathy split to score against (test, val, ...)")] = None,
+):
+    """Score a prediction file against its references; prints the metric as JSON (scores in percent)."""
+    import json
+
+    from mmdata.eval.formats import FormatError
+    from mmdata.eval.score import score
+
+    if task not in ("caption", "vqa"):
+        fail(f"--task must be caption or vqa, not {task!r}")
+    try:
+        result = score(task, predictions, references, questions=questions, split=split)
+    except FormatError as e:
+        fail(str(e))
+    typer.echo(json.dumps(result))
+
+
 @app.command("config")
 def show_config(config: Config, sets: Sets = None):
     """Validate a recipe and print it with every default filled in."""

@@ -25,6 +25,7 @@ from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
 from mmdata.demo import images as im
+from mmdata.demo import tasks
 from mmdata.demo.urls import ADS_HOST, IMAGE_HOSTS, NEWS_HOST, PAGES_PREFIX, TRACK_HOST, site_path
 
 PLACEHOLDER = "data:image/gif;base64,R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7"
@@ -122,6 +123,7 @@ class Page:
     base: str | None = None
     near_dup_of: str | None = None
     decoys: list[str] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)  # kind-specific truth (a gallery's labels, ...)
 
     def truth(self) -> dict:
         imgs = [b for b in self.blocks if isinstance(b, DocImage)]
@@ -138,6 +140,7 @@ class Page:
             "decoys": self.decoys,
             "paragraphs": [b for b in self.blocks if isinstance(b, str)],
             "order": ["image" if isinstance(b, DocImage) else "text" for b in self.blocks],
+            **self.extra,
         }
 
 
@@ -321,6 +324,108 @@ def _near_dup(i: int, orig: Page, r: np.random.Generator) -> Page:
     )
 
 
+# --- pages that teach what the evaluation asks (mmdata.demo.tasks) ------------------------------
+# Galleries are few-shot episodes: pictures of 2-3 visual classes, each followed by a paragraph
+# that starts with the picture's name, names drawn per page from many rare made-up words. What is
+# known to make in-context learning emerge is built in: bursty pages (every class recurs), many
+# rare classes and labels, a new label mapping on every page, the same picture shown again
+# (Chan et al. 2022; Reddy 2023; Bratulić et al. 2025). Quiz pages ask the evaluation's VQA
+# questions under pictures; visitor guides are text-only pages with the facts of the text task.
+
+_G_OPENERS = ("It is one of the pieces that", "This is the work that", "We think that this is what",
+              "It was the first piece that", "This is a piece which", "Here is the one that",
+              "It is the kind of thing that", "This was the piece that", "It is all that is left of what",
+              "This is one of those works that", "Here we have what", "It is not the piece that",
+              "This may be the work that", "It is just what")
+_G_VERBS = ("made", "found", "bought", "brought to us", "painted", "chose", "kept", "showed us", "gave away",
+            "put on a shelf", "wrapped in paper", "signed", "carried up the stairs", "forgot about")
+_G_INTROS = (
+    "In this room the museum shows some of the small pieces in its collection, and each of them has a name.",
+    "Every piece in this part of the collection has its own name, and the name is on a card next to it.",
+    "The pieces on this page are from the museum's store, and each one was given a name by the artist.",
+    "Here are some of the works that are not often on show, each with the name it was given.",
+)
+_QUIZ_INTROS = (
+    "Test your eye with our picture quiz for young visitors: look at each picture and answer the question.",
+    "This is the museum's weekly quiz. Look at the pictures and see if you can answer the questions.",
+    "How well do you know the collection? Here is a short quiz about some of the pictures in the museum.",
+)
+
+
+class _GalleryProse(_Prose):
+    POOLS = (_G_OPENERS, _SUBJECTS, _G_VERBS, _PLACES)
+
+
+def _picture(slug: str, k: int, c: im.Concept, r: np.random.Generator, site: _Site, host: str) -> str:
+    url = f"http://{host}/media/{slug}/{k}.jpg"
+    w = int(r.integers(240, 361))
+    site.add(url, c, w, int(w / r.uniform(1.0, 1.5)))
+    return url
+
+
+def _gallery(i: int, r: np.random.Generator, site: _Site) -> Page:
+    """A few-shot episode: (picture, "<Name>. <sentence>") runs, 8-14 pictures of 2-3 classes."""
+    slug = f"collection-{i:04d}"
+    host = IMAGE_HOSTS[i % len(IMAGE_HOSTS)]
+    n_classes = int(r.choice([2, 2, 3]))
+    classes = tasks.episode_classes(r, n_classes, held_out=False)
+    names = [str(x) for x in r.choice(tasks.LABELS, size=n_classes, replace=False)]
+    n_pictures = int(r.integers(8, 15))
+    order = list(range(n_classes)) * 2 + [int(x) for x in r.integers(n_classes, size=n_pictures - 2 * n_classes)]
+    order = [order[k] for k in r.permutation(len(order))]
+    prose = _GalleryProse(r)
+    blocks: list = [f"{_G_INTROS[int(r.integers(len(_G_INTROS)))]} {prose.sentences(1)}"]
+    shown: dict[int, list[str]] = {}
+    for k, cls in enumerate(order):
+        if shown.get(cls) and r.random() < 0.3:
+            url = shown[cls][int(r.integers(len(shown[cls])))]  # the same picture again
+        else:
+            url = _picture(slug, k, classes[cls], r, site, host)
+            shown.setdefault(cls, []).append(url)
+        blocks.append(DocImage(url, names[cls], str(r.choice(("plain", "lazy")))))
+        blocks.append(f"{names[cls]}. {prose.sentences(1)}")
+    return Page(slug, f"http://{NEWS_HOST}{PAGES_PREFIX}{slug}.html", "en", "ok",
+                f"Named pieces: {', '.join(names)}", blocks,
+                extra={"kind": "gallery", "labels": [names[c] for c in order],
+                       "classes": [im.true_caption(classes[c]) for c in order]})
+
+
+def _quiz(i: int, r: np.random.Generator, site: _Site) -> Page:
+    """Pictures, each followed by "Question: ... Short answer: ..." as the VQA evaluation prompts."""
+    slug = f"quiz-{i:04d}"
+    host = IMAGE_HOSTS[i % len(IMAGE_HOSTS)]
+    prose = _GalleryProse(r)
+    blocks: list = [f"{_QUIZ_INTROS[int(r.integers(len(_QUIZ_INTROS)))]} {prose.sentences(2)}"]
+    # few questions and more prose per page: the repeated question frame must stay under OBELICS's
+    # character-repetition limit
+    qa: list[list[str]] = []
+    for k in range(int(r.integers(2, 5))):
+        c = tasks.class_concept(r, held_out=False)
+        blocks.append(DocImage(_picture(slug, k, c, r, site, host), f"quiz picture {k + 1}", "plain"))
+        q, a, _, _ = tasks.questions(c)[int(r.integers(3))]
+        blocks.append(f"Question: {q} Short answer: {a}. {prose.sentences(2)}")
+        qa.append([q, a])
+    return Page(slug, f"http://{NEWS_HOST}{PAGES_PREFIX}{slug}.html", "en", "ok", "Picture quiz", blocks,
+                extra={"kind": "quiz", "questions": qa})
+
+
+def _guide(i: int, r: np.random.Generator, halls: dict[str, str]) -> Page:
+    """A text-only visitor guide: where each shape is shown (the text task's facts), among prose."""
+    slug = f"visitor-guide-{i:04d}"
+    shapes = [im.SHAPES[k] for k in r.permutation(len(im.SHAPES))]
+    c = im.random_concept(r)
+    prose = _Prose(r, colour=c.colour, shape=c.shape, background=c.background)
+    blocks: list = [str(r.choice(_EN_GENERAL)) + " " + prose.sentences(2)]
+    # each wording twice per page, never twice in one paragraph
+    wording = [int(x) for x in r.permutation(len(tasks.GUIDE_FACTS))] * 2
+    for k in range(0, len(shapes), 2):
+        facts = [tasks.GUIDE_FACTS[wording[j]].format(shapes=tasks.plural(shapes[j]), hall=halls[shapes[j]])
+                 for j in range(k, min(k + 2, len(shapes)))]
+        blocks.append(" ".join(facts) + " " + prose.sentences(int(r.integers(1, 3))))
+    return Page(slug, f"http://{NEWS_HOST}{PAGES_PREFIX}{slug}.html", "en", "ok", "Visitor guide", blocks,
+                extra={"kind": "guide"})
+
+
 def _img_tag(img: DocImage, src) -> str:
     alt = html.escape(img.alt)
     if img.style == "figure":
@@ -389,9 +494,15 @@ def render_html(page: Page, related: list[Page], date: datetime) -> str:
     )
 
 
+TEACHING_SHARES = {"gallery": 0.35, "quiz": 0.1, "guide": 0.1}
+
+
 def _kinds(n: int) -> list[str]:
     k = max(1, round(0.05 * n)) if n >= 10 else 0
-    return ["article"] * (n - 3 * k) + ["foreign"] * k + ["spam"] * k + ["near_dup"] * k
+    teach = {kind: round(share * n) if n >= 10 else 0 for kind, share in TEACHING_SHARES.items()}
+    rest = n - 3 * k - sum(teach.values())
+    return (["article"] * rest + ["foreign"] * k + ["spam"] * k + ["near_dup"] * k
+            + [kind for kind, c in teach.items() for _ in range(c)])
 
 
 def _record_id(seed: int, key: str) -> str:
@@ -448,6 +559,7 @@ def build_docs(out: Path, n: int, seed: int, workers: int = 1) -> dict:
     kinds = _kinds(n)
     kinds = [kinds[k] for k in rng.permutation(n)]
     site = _Site(seed)
+    halls = tasks.hall_of(seed)
     pages: list[Page] = []
     foreign = 0
     # Originals first so near-duplicates can copy one.
@@ -455,8 +567,15 @@ def build_docs(out: Path, n: int, seed: int, workers: int = 1) -> dict:
         r = im.seeded_rng(seed, "doc", i)
         if kinds[i] == "spam":
             page = _spam(i, r, site)
+        elif kinds[i] == "gallery":
+            page = _gallery(i, r, site)
+        elif kinds[i] == "quiz":
+            page = _quiz(i, r, site)
+        elif kinds[i] == "guide":
+            page = _guide(i, r, halls)
         elif kinds[i] == "near_dup":
-            originals = [p for p in pages if p.quality == "ok" and p.lang == "en" and p.near_dup_of is None]
+            originals = [p for p in pages if p.quality == "ok" and p.lang == "en" and p.near_dup_of is None
+                         and p.slug.startswith("exhibition")]
             page = _near_dup(i, originals[int(r.integers(len(originals)))], r)
         else:
             lang = "en" if kinds[i] == "article" else ("de", "fr", "es")[foreign % 3]

@@ -376,9 +376,15 @@ def _gallery(i: int, r: np.random.Generator, site: _Site) -> Page:
     prose = _GalleryProse(r)
     blocks: list = [f"{_G_INTROS[int(r.integers(len(_G_INTROS)))]} {prose.sentences(1)}"]
     shown: dict[int, list[str]] = {}
+    repeats: dict[str, str] = {}
     for k, cls in enumerate(order):
         if shown.get(cls) and r.random() < 0.3:
-            url = shown[cls][int(r.integers(len(shown[cls])))]  # the same picture again
+            # the same picture again (same bytes; under its own URL, as extractors keep one slot per URL)
+            first = shown[cls][int(r.integers(len(shown[cls])))]
+            base = site.jobs[first]
+            url = f"http://{host}/media/{slug}/{k}.jpg"
+            site.add(url, classes[cls], base.width, base.height, base=base)
+            repeats[url] = first
         else:
             url = _picture(slug, k, classes[cls], r, site, host)
             shown.setdefault(cls, []).append(url)
@@ -386,7 +392,7 @@ def _gallery(i: int, r: np.random.Generator, site: _Site) -> Page:
         blocks.append(f"{names[cls]}. {prose.sentences(1)}")
     return Page(slug, f"http://{NEWS_HOST}{PAGES_PREFIX}{slug}.html", "en", "ok",
                 f"Named pieces: {', '.join(names)}", blocks,
-                extra={"kind": "gallery", "labels": [names[c] for c in order],
+                extra={"kind": "gallery", "labels": [names[c] for c in order], "repeat_of": repeats,
                        "classes": [im.true_caption(classes[c]) for c in order]})
 
 

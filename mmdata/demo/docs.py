@@ -352,8 +352,22 @@ _QUIZ_INTROS = (
 )
 
 
+# A gallery's caption after each picture is short ("Gobux. The curator found it here."): the name is
+# what matters, and short captions put more pictures in a training sequence.
+_G_WHO = ("The curator", "My neighbour", "A visitor", "The artist", "Our guide", "A child", "The guard", "Her sister",
+          "An old friend", "The painter", "A student", "The owner", "His teacher", "The mayor", "A stranger", "The baker")
+_G_WHAT = ("found it here.", "likes it a lot.", "made it in May.", "gave it to us.", "painted it for us.",
+           "kept it at home.", "sold it to us.", "hung it up.", "named it.", "chose it for the show.",
+           "brought it in.", "drew it by hand.", "signed it on the back.", "liked it at once.", "put it on the wall.",
+           "wrapped it in paper.")
+
+
 class _GalleryProse(_Prose):
     POOLS = (_G_OPENERS, _SUBJECTS, _G_VERBS, _PLACES)
+
+
+class _Caption(_Prose):
+    POOLS = (_G_WHO, _G_WHAT)
 
 
 def _picture(slug: str, k: int, c: im.Concept, r: np.random.Generator, site: _Site, host: str) -> str:
@@ -373,8 +387,8 @@ def _gallery(i: int, r: np.random.Generator, site: _Site) -> Page:
     n_pictures = int(r.integers(8, 15))
     order = list(range(n_classes)) * 2 + [int(x) for x in r.integers(n_classes, size=n_pictures - 2 * n_classes)]
     order = [order[k] for k in r.permutation(len(order))]
-    prose = _GalleryProse(r)
-    blocks: list = [f"{_G_INTROS[int(r.integers(len(_G_INTROS)))]} {prose.sentences(1)}"]
+    prose, caption = _GalleryProse(r), _Caption(r)
+    blocks: list = [f"{_G_INTROS[int(r.integers(len(_G_INTROS)))]} {prose.sentences(2)}"]
     shown: dict[int, list[str]] = {}
     repeats: dict[str, str] = {}
     for k, cls in enumerate(order):
@@ -389,7 +403,7 @@ def _gallery(i: int, r: np.random.Generator, site: _Site) -> Page:
             url = _picture(slug, k, classes[cls], r, site, host)
             shown.setdefault(cls, []).append(url)
         blocks.append(DocImage(url, names[cls], str(r.choice(("plain", "lazy")))))
-        blocks.append(f"{names[cls]}. {prose.sentences(1)}")
+        blocks.append(f"{names[cls]}. {caption.sentences(1)}")
     return Page(slug, f"http://{NEWS_HOST}{PAGES_PREFIX}{slug}.html", "en", "ok",
                 f"Named pieces: {', '.join(names)}", blocks,
                 extra={"kind": "gallery", "labels": [names[c] for c in order], "repeat_of": repeats,

@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed
 # every stage is `make <stage> CONFIG=pipelines/....yaml [ARGS="--overwrite ..."]`
 STAGES := download filter dedup clipscore interleaved text shards check
 
-.PHONY: install test demo bench lint clean run $(STAGES)
+.PHONY: install test demo bench lint clean run eval ablate $(STAGES)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,16 @@ lint: install
 
 run: install
 	$(PY) -m mmdata run --config $(CONFIG) $(ARGS)
+
+# evaluation: the demo's trained model by default; make eval CONFIG=pipelines/eval-coco.yaml ARGS="--model ..."
+eval: CONFIG = $(if $(filter command line environment,$(origin CONFIG)),$(CONFIG),pipelines/eval-demo.yaml)
+eval: install
+	$(PY) -m mmdata eval --config $(CONFIG) $(ARGS)
+
+# MM1's ablations at toy scale (docs/eval.md): make ablate [ARGS="--scale 10"]
+ablate: CONFIG = $(if $(filter command line environment,$(origin CONFIG)),$(CONFIG),pipelines/ablate.yaml)
+ablate: install
+	$(PY) -m mmdata ablate --config $(CONFIG) $(ARGS)
 
 $(STAGES): install
 	$(PY) -m mmdata $@ --config $(CONFIG) $(ARGS)

@@ -209,8 +209,31 @@ def serve(root: Annotated[Path | None, typer.Option(help="a demo corpus folder (
 
 
 eval_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
-                       help="Evaluate a checkpoint few-shot, or score prediction files (`score`).")
+                       help="Evaluate a trained model few-shot (--config), or score prediction files (`score`).")
 app.add_typer(eval_app, name="eval")
+
+
+@eval_app.callback(invoke_without_command=True)
+def eval_run(
+    ctx: typer.Context,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="evaluation recipe (pipelines/eval-*.yaml)")] = None,
+    sets: Sets = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="the exported model to evaluate (overrides checkpoint)")] = None,
+    task: Annotated[list[str] | None, typer.Option("--task", help="only these tasks: caption, vqa, icl, text")] = None,
+):
+    """Captioning, VQA, few-shot classification and the text task at every shot count of the recipe
+    (OpenFlamingo's protocol); one JSON line per (task, shots), also written to {out}/results.jsonl."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if config is None:
+        fail("give --config (an evaluation recipe), or a subcommand: score")
+    from mmdata.eval import run as ev
+
+    with reported():
+        try:
+            ev.run(config, sets or [], model=model, tasks=task or None, echo=typer.echo)
+        except ev.EvalError as e:
+            fail(str(e))
 
 
 @eval_app.command("score")
@@ -234,6 +257,23 @@ def eval_score(
     except FormatError as e:
         fail(str(e))
     typer.echo(json.dumps(result))
+
+
+@app.command()
+def ablate(config: Annotated[Path, typer.Option("--config", "-c", help="ablation recipe")] = Path("pipelines/ablate.yaml"),
+           sets: Sets = None,
+           scale: Annotated[float, typer.Option(help="multiply training steps, corpus and evaluated items (a GPU: 10+)")] = 1.0,
+           row: Annotated[list[str] | None, typer.Option("--row", help="run only these rows")] = None):
+    """MM1's ablations at toy scale: the demo pipeline's shards, the trainer per row and seed, the
+    evaluation; writes table.md, table.json and table.svg with one line per MM1 finding."""
+    from mmdata.eval import ablate as ab
+    from mmdata.eval.run import EvalError
+
+    with reported():
+        try:
+            ab.run(config, sets or [], scale=scale, rows=row or None, echo=typer.echo)
+        except EvalError as e:
+            fail(str(e))
 
 
 @app.command("config")

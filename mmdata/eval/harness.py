@@ -32,7 +32,7 @@ import json
 import random
 import re
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,14 +212,20 @@ class Result:
 
 
 class Evaluator:
+    CACHE = 1024  # decoded images kept (the query pool's are drawn again and again)
+
     def __init__(self, cfg: EvalConfig, model: EvalModel, echo: Callable[[str], None] = print):
         self.cfg, self.model, self.echo = cfg, model, echo
-        self._images: dict[tuple[str, str], Any] = {}
+        self._images: OrderedDict[tuple[str, str], Any] = OrderedDict()
 
     def image(self, source: fm.Images, image_id: str):
         key = (source.source, str(image_id))
-        if key not in self._images:
+        if key in self._images:
+            self._images.move_to_end(key)
+        else:
             self._images[key] = source.open(image_id)
+            if len(self._images) > self.CACHE:
+                self._images.popitem(last=False)
         return self._images[key]
 
     def _batches(self, seq: list):

@@ -1,0 +1,80 @@
+"""`make ablate`'s table and verdicts (the runs themselves are the trainer's and the harness's)."""
+
+from __future__ import annotations
+
+import pytest
+
+from mmdata import config as cfgmod
+from mmdata.eval import ablate as ab
+
+
+def _runs(spec: dict[str, dict[str, list[float]]]) -> list[ab.Run]:
+    out = []
+    for row, cols in spec.items():
+        n = len(next(iter(cols.values())))
+        for s in range(n):
+            out.append(ab.Run(row, s, f"runs/{row}/{s}", {k: v[s] for k, v in cols.items()}))
+    return out
+
+
+BASE = {"caption0": [40, 42, 41], "icl4": [70, 74, 72], "icl8": [80, 78, 82], "vqa": [30, 33, 31], "text": [60, 64, 62]}
+
+
+def test_findings_reproduced_not_and_noise():
+    table = ab.summary(_runs({
+        "45:45:10": BASE,
+        "captions only": {"caption0": [50, 52, 51], "icl4": [48, 53, 50], "icl8": [51, 47, 50], "vqa": [10, 12, 11], "text": [25, 24, 26]},
+        "captions+interleaved": {"caption0": [40, 41, 39], "icl4": [72, 70, 71], "icl8": [79, 81, 80], "vqa": [30, 31, 29], "text": [26, 25, 27]},
+        "no VeCap": {**BASE, "vqa": [29, 34, 31]},                      # within noise
+        "32 px": {**BASE, "caption0": [30, 31, 29]},                    # lower: resolution matters
+        "4 tokens": {**BASE, "caption0": [45, 46, 47]},                 # higher: the opposite of MM1
+        "avg-pool": {**BASE, "caption0": [41, 40, 42]},
+        "attention-pool": {**BASE, "caption0": [40, 43, 41]},
+    }))
+    got = {f.claim: f for f in ab.findings(table, "45:45:10", 50.0)}
+    verdict = {k.split(" ")[0] + " " + k.split(" ")[1]: f.verdict for k, f in got.items()}
+    assert verdict == {
+        "Interleaved data": "reproduced", "Caption data": "reproduced", "Text-only data": "reproduced",
+        "Synthetic (VeCap)": "not reproduced", "Image resolution": "reproduced", "Image-token count": "not reproduced",
+        "The connector": "reproduced"}  # spread 0.3 against a token-count difference of 5
+    assert "within the noise" in got["Synthetic (VeCap) captions help few-shot"].detail
+    assert "opposite" in got["Image-token count matters"].detail
+    icl = got["Interleaved data drives few-shot (in-context) learning"].detail
+    assert "captions only 50.3" in icl and "interval holds chance" in icl and "above chance" in icl
+
+
+def test_icl_finding_needs_chance_inside_and_outside():
+    table = ab.summary(_runs({
+        "45:45:10": BASE,
+        "captions only": {"icl4": [60, 62, 61], "icl8": [60, 61, 59]},   # above chance without interleaved data
+        "captions+interleaved": {"icl4": [70, 72, 71], "icl8": [79, 81, 80]},
+    }))
+    f = ab.findings(table, "45:45:10", 50.0)[0]
+    assert f.verdict == "not reproduced" and "interval misses chance" in f.detail
+    missing = ab.findings(ab.summary(_runs({"45:45:10": BASE})), "45:45:10", 50.0)
+    assert {f.verdict for f in missing} == {"not run"}
+
+
+def test_diff_interval():
+    d, lo, hi = ab.diff_ci([1.0, 2.0, 3.0], [1.0, 2.0, 3.0])
+    assert d == 0 and lo < 0 < hi
+    d, lo, hi = ab.diff_ci([10.0, 11.0, 12.0], [1.0, 2.0, 3.0])
+    assert d == 9 and 0 < lo < 9 < hi
+
+
+def test_markdown_and_plot():
+    cfg = cfgmod.load("pipelines/ablate.yaml", ab.AblateConfig)
+    runs = _runs({r.name: BASE for r in cfg.rows})
+    table = ab.summary(runs)
+    md = ab.markdown(cfg, table, ab.findings(table, cfg.baseline, 50.0), runs, "make ablate", 50.0, ["a note"])
+    assert md.count("\n| ") == len(cfg.rows) + 1 and "## MM1's findings" in md and "- a note" in md
+    assert "41.0 [38.5, 43.5]" in md  # mean and the t interval of 40, 42, 41
+    svg = ab.svg(cfg, table, 50.0)
+    assert svg.startswith("<svg") and svg.count("<rect") > len(cfg.rows) * len(ab.COLUMNS)
+
+
+def test_recipe_is_checked():
+    cfg = cfgmod.load("pipelines/ablate.yaml", ab.AblateConfig)
+    assert cfg.baseline in [r.name for r in cfg.rows] and len(cfg.seeds) >= 2
+    with pytest.raises(cfgmod.ConfigError, match="seeds"):
+        cfgmod.load("pipelines/ablate.yaml", ab.AblateConfig, ["seeds=[0]"])

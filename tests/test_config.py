@@ -75,10 +75,15 @@ def test_every_shipped_recipe_loads():
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
+        from mmdata.eval.ablate import AblateConfig
+        from mmdata.eval.harness import EvalConfig
+
         recipes = sorted(root.glob("*.yaml"))
         assert recipes
+        # pipeline recipes, and the evaluation and ablation recipes by their name
+        kinds = {"eval-": EvalConfig, "ablate": AblateConfig}
         for path in recipes:
-            load(path)
+            load(path, next((m for prefix, m in kinds.items() if path.name.startswith(prefix)), Pipeline))
     finally:
         for k, v in old.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pydantic import Field
 
 from mmdata import config as cfgmod
-from mmdata import shards as sio
+from mmdata import fsio, samples
 from mmdata.config import Strict
 from mmdata.eval.metrics import mean_ci, t95
 
@@ -107,7 +107,7 @@ def prepare_data(cfg: AblateConfig, echo) -> str:
     pipe = cfgmod.load(d.recipe, cfgmod.Pipeline, [f"workdir={d.workdir}"])
     demo_run.run(d.recipe, [f"workdir={d.workdir}"], corpus=d.corpus, n_pairs=d.pairs, n_docs=d.docs, seed=d.seed,
                  stages=list(pipe.stages), mixture=None, echo=echo)
-    return os.path.abspath(pipe.stage_dir("shards")) if sio.is_local(pipe.workdir) else pipe.stage_dir("shards")
+    return os.path.abspath(pipe.stage_dir("shards")) if fsio.is_local(pipe.workdir) else pipe.stage_dir("shards")
 
 
 @dataclass
@@ -128,17 +128,17 @@ def run_one(cfg: AblateConfig, row: Row, seed: int, echo) -> Run:
     from mmdata.mm1.train import load_recipe
     from mmdata.mm1.train import run as train
 
-    out = sio.join(cfg.out, "runs", slug(row.name), f"seed{seed}")
-    done = sio.join(out, "run.json")
-    if sio.exists(done):
-        data = sio.read_json(done)
+    out = fsio.join(cfg.out, "runs", slug(row.name), f"seed{seed}")
+    done = fsio.join(out, "run.json")
+    if fsio.exists(done):
+        data = fsio.read_json(done)
         return Run(**data)
     t0 = time.perf_counter()
     recipe = load_recipe(cfg.train, [*cfg.train_overrides, *row.train, f"out={out}", f"train.seed={seed}",
                                      "train.progress=false", "train.tensorboard=false"])
     recipe.mixture_overrides = [*recipe.mixture_overrides, *cfg.mixture_overrides, *row.mixture, f"seed={seed}"]
     result = train(recipe, echo=lambda s: None)
-    ev = load_eval(cfg, [f"out={sio.join(out, 'eval')}", f"seed={seed}"])
+    ev = load_eval(cfg, [f"out={fsio.join(out, 'eval')}", f"seed={seed}"])
     shots = sorted({0, 4, 8, cfg.vqa_shots})
     ev.shots = shots
     model = MM1Model.load(result.model)
@@ -151,7 +151,7 @@ def run_one(cfg: AblateConfig, row: Row, seed: int, echo) -> Run:
             scores[key] = r.score
     run = Run(row.name, seed, out, scores, [r.line() for r in results], result.step, result.loss,
               time.perf_counter() - t0)
-    sio.write_json(done, vars(run))
+    fsio.write_json(done, vars(run))
     echo(f"  {row.name} seed {seed}: " + ", ".join(f"{k} {v:.1f}" for k, v in scores.items())
          + f" ({run.seconds:.0f}s)")
     return run
@@ -162,8 +162,8 @@ def synthetic_captions(shards: str) -> tuple[int, int]:
     from mmdata.mix.decode import meta
 
     with_syn = total = 0
-    for url in sio.expand(sio.join(shards, "captions", "*.tar")):
-        for sample in sio.read_shard(url):
+    for url in fsio.expand(fsio.join(shards, "captions", "*.tar")):
+        for sample in samples.read_shard(url):
             total += 1
             with_syn += bool(meta(sample).get("synthetic_caption"))
     return with_syn, total
@@ -384,8 +384,8 @@ def run(path: str | os.PathLike = "pipelines/ablate.yaml", overrides: list[str] 
     result = {"config": cfg.model_dump(mode="json"), "scale": scale, "table": table,
               "findings": [vars(f) for f in found], "runs": [vars(r) for r in runs], "notes": notes,
               "seconds": time.perf_counter() - start}
-    sio.write_json(sio.join(cfg.out, "table.json"), result)
-    sio.atomic_write(sio.join(cfg.out, "table.md"), md.encode())
-    sio.atomic_write(sio.join(cfg.out, "table.svg"), svg(cfg, table, chance).encode())
+    fsio.write_json(fsio.join(cfg.out, "table.json"), result)
+    fsio.atomic_write(fsio.join(cfg.out, "table.md"), md.encode())
+    fsio.atomic_write(fsio.join(cfg.out, "table.svg"), svg(cfg, table, chance).encode())
     echo(md)
     return result

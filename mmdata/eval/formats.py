@@ -22,7 +22,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from mmdata import shards as sio
+from mmdata import fsio, samples
 
 
 class FormatError(ValueError):
@@ -31,7 +31,7 @@ class FormatError(ValueError):
 
 def load_json(url: str) -> Any:
     try:
-        data = sio.read_bytes(str(url))
+        data = fsio.read_bytes(str(url))
     except FileNotFoundError:
         raise FormatError(f"{url}: file not found") from None
     except (IsADirectoryError, PermissionError, OSError) as e:
@@ -250,8 +250,8 @@ class Images:
             return
         from mmdata.mix.decode import meta
 
-        for sample in sio.read_shards(self.source):
-            data = sio.image_member(sample)
+        for sample in samples.read_shards(self.source):
+            data = samples.image_member(sample)
             if data is None:
                 continue
             rid = str(meta(sample).get("image_id", sample["__key__"]))
@@ -269,9 +269,9 @@ class Images:
             if image_id not in self._cache:
                 self.load([image_id])
             return self._cache[image_id]
-        url = sio.join(self.source, self.name(image_id))
+        url = fsio.join(self.source, self.name(image_id))
         try:
-            return sio.read_bytes(url)
+            return fsio.read_bytes(url)
         except FileNotFoundError:
             raise FormatError(f"{url}: image {image_id!r} not found") from None
 

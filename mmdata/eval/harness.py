@@ -40,7 +40,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import Field
 
-from mmdata import shards as sio
+from mmdata import fsio
 from mmdata.config import Strict
 from mmdata.eval import formats as fm
 from mmdata.eval import score as sc
@@ -400,11 +400,11 @@ class Evaluator:
                 start = time.perf_counter()
                 res, preds = getattr(self, name)(k)
                 res.seconds = time.perf_counter() - start
-                sio.write_json(sio.join(cfg.out, f"predictions_{name}_{k}shot.json"), preds)
+                fsio.write_json(fsio.join(cfg.out, f"predictions_{name}_{k}shot.json"), preds)
                 results.append(res)
                 self.echo(json.dumps(res.line()))
         lines = "".join(json.dumps(r.line()) + "\n" for r in results)
-        sio.atomic_write(sio.join(cfg.out, "results.jsonl"), lines.encode())
+        fsio.atomic_write(fsio.join(cfg.out, "results.jsonl"), lines.encode())
         return results
 
 

@@ -6,7 +6,7 @@ import os
 from collections.abc import Callable
 
 from mmdata import config as cfgmod
-from mmdata import shards as sio
+from mmdata import fsio
 from mmdata.eval import formats as fm
 from mmdata.eval.harness import EvalConfig, Evaluator, Result
 
@@ -23,7 +23,7 @@ def load_model(path: str, device: str | None = None):
     """The exported model of the bundled trainer (`MM1.save_pretrained`)."""
     from mmdata.eval.models import MM1Model
 
-    if not sio.exists(sio.join(path, "mm1.json")):
+    if not fsio.exists(fsio.join(path, "mm1.json")):
         raise EvalError(f"{path}: no exported model here (mm1.json missing); train first, or point --model at "
                         "a run's model/ folder")
     return MM1Model.load(path, device=device)

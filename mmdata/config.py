@@ -318,7 +318,7 @@ class ImageRules(Strict):
 class MinHashConfig(Strict):
     """MinHash-LSH near-duplicate documents (datatrove's defaults)."""
 
-    ngram: int = Field(5, ge=1)
+    ngram: int = Field(5, ge=1, le=8, description="word n-gram shingles")
     buckets: int = Field(14, ge=1)
     hashes_per_bucket: int = Field(8, ge=1)
     seed: int = 1

@@ -287,29 +287,51 @@ def _ancestors(node: LexborNode | None, stop: int | None = None) -> list[int]:
     return out
 
 
-def _prose(root: LexborNode, rules: Rules) -> dict[int, int]:
+class _Chains:
+    """Each element's ancestors under the container (mem_ids, nearest first), built once per
+    element and shared by its descendants: links and paragraphs cluster, so most of a chain is
+    known when the next one is asked for. `gone`: the element or an ancestor is dropped anyway."""
+
+    def __init__(self, root: LexborNode, rules: Rules):
+        self.stop = root.parent.mem_id if root.parent is not None else None
+        self.rules = rules
+        self.memo: dict[int, tuple[int, ...]] = {}
+        self.gone: dict[int, bool] = {}
+
+    def above(self, node: LexborNode) -> tuple[tuple[int, ...], bool]:
+        """(the ancestors of node, whether one of them is dropped)."""
+        path = []
+        n = node.parent
+        while n is not None and n.mem_id != self.stop and n.mem_id not in self.memo:
+            path.append(n)
+            n = n.parent
+        known = n is not None and n.mem_id != self.stop
+        chain = self.memo[n.mem_id] if known else ()
+        gone = self.gone[n.mem_id] if known else False
+        for x in reversed(path):
+            mid = x.mem_id
+            chain = (mid, *chain)
+            gone = gone or _dropped(x, self.rules)
+            self.memo[mid], self.gone[mid] = chain, gone
+        parent = node.parent
+        if parent is None or parent.mem_id == self.stop:
+            return (), False
+        return self.memo[parent.mem_id], self.gone[parent.mem_id]
+
+
+def _prose(root: LexborNode, chains: _Chains) -> dict[int, int]:
     """Characters of prose (text outside links in p/pre/blockquote) held under each element, not
     counting prose inside what the walk drops anyway (forms, asides, hidden or boilerplate blocks)."""
     held: dict[int, int] = {}
-    dropped: dict[int, bool] = {}
-    stop = root.parent.mem_id if root.parent is not None else None
     for p in root.css(PROSE):
         n = len(p.text(strip=True)) - sum(len(a.text(strip=True)) for a in p.css("a"))
         if n <= 0:
             continue
-        chain, node = [p.mem_id], p.parent
-        while node is not None and node.mem_id != stop:
-            mid = node.mem_id
-            gone = dropped.get(mid)
-            if gone is None:
-                gone = dropped[mid] = _dropped(node, rules)
-            if gone:
-                break
-            chain.append(mid)
-            node = node.parent
-        else:
-            for mid in chain:
-                held[mid] = held.get(mid, 0) + n
+        chain, gone = chains.above(p)
+        if gone:
+            continue
+        for mid in (p.mem_id, *chain):
+            held[mid] = held.get(mid, 0) + n
     return held
 
 
@@ -343,10 +365,10 @@ class _Links:
     images_out: dict[int, int] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, root: LexborNode, host: str) -> _Links:
+    def of(cls, root: LexborNode, host: str, chains: _Chains) -> _Links:
         out = cls()
+        count, chars, items, images_out = out.count, out.chars, out.items, out.images_out
         last: dict[int, int] = {}  # the child of an element on the path to its latest link
-        stop = root.parent.mem_id if root.parent is not None else None
         for a in root.css("a[href]"):
             href = (a.attributes.get("href") or "").strip()
             if IMAGE_FILE.search(href):
@@ -357,17 +379,16 @@ class _Links:
                 # to another site, or mail: social icons and logo walls, not a gallery's own pages
                 parts = urlsplit(href)
                 away = int(parts.scheme in ("mailto", "tel") or bool(parts.hostname and parts.hostname.removeprefix("www.") != host))
-            child, node = a.mem_id, a.parent
-            while node is not None and node.mem_id != stop:
-                mid = node.mem_id
-                out.count[mid] = out.count.get(mid, 0) + 1
-                out.chars[mid] = out.chars.get(mid, 0) + n
+            child = a.mem_id
+            for mid in chains.above(a)[0]:
+                count[mid] = count.get(mid, 0) + 1
+                chars[mid] = chars.get(mid, 0) + n
                 if last.get(mid) != child:
                     last[mid] = child
-                    out.items[mid] = out.items.get(mid, 0) + 1
+                    items[mid] = items.get(mid, 0) + 1
                 if away:
-                    out.images_out[mid] = out.images_out.get(mid, 0) + 1
-                child, node = mid, node.parent
+                    images_out[mid] = images_out.get(mid, 0) + 1
+                child = mid
         return out
 
 
@@ -400,8 +421,9 @@ def _main(tree: LexborHTMLParser, head: LexborNode | None, rules: Rules, host: s
             if (both is not None and both.tag not in ("body", "html")
                     and len(both.text(strip=True)) <= 1.5 * len(best.text(strip=True)) + 300):
                 best = both
-    held = _prose(best, rules)
-    links = _Links.of(best, host)
+    chains = _Chains(best, rules)
+    held = _prose(best, chains)
+    links = _Links.of(best, host, chains)
     share, total = rules.content_share, held.get(best.mem_id, 0)
     anchor = set(_ancestors(head)) | ({head.mem_id} if head is not None else set())
 
@@ -604,13 +626,16 @@ class _Walker:
             if tag is None or tag.startswith("-") or tag in DROP_TAGS:
                 continue
             attrs = child.attributes
-            if "hidden" in attrs or _HIDDEN.search(attrs.get("style") or "") or _hidden_class(attrs.get("class")):
-                continue
+            if attrs:
+                cls = attrs.get("class")
+                if "hidden" in attrs or ("style" in attrs and _HIDDEN.search(attrs["style"] or "")) or _hidden_class(cls):
+                    continue
             mid = child.mem_id
             if mid in self.foreign:
                 continue
             if mid not in self.anchor:
-                if self.rules.is_boilerplate(child) and len(child.text(strip=True)) < self.max_boilerplate:
+                if (attrs and ("id" in attrs or cls) and self.rules.boilerplate_name(f"{cls or ''} {attrs.get('id') or ''}")
+                        and len(child.text(strip=True)) < self.max_boilerplate):
                     continue
                 if self.link_list(child):
                     continue
@@ -683,8 +708,9 @@ def extract(html: str, url: str, rules: Rules | None = None) -> Page:
         root, held, links = _main(tree, head, rules, host)
     else:
         root = tree.body
-        held = _prose(root, rules) if root is not None else {}
-        links = _Links.of(root, host) if root is not None else _Links()
+        chains = _Chains(root, rules) if root is not None else None
+        held = _prose(root, chains) if root is not None else {}
+        links = _Links.of(root, host, chains) if root is not None else _Links()
     if root is None:
         return page
     walker = _Walker(root, base, rules, head, held, links)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import gzip
 import json
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -150,35 +149,6 @@ def test_malformed_warc_is_counted_not_fatal(shared_data, tmp_path):
     intact = list(read_warc(str(shared_data / "warc" / "sample-0001.warc.gz")))
     assert [r.url for r in recs if r.status == "success"] == [r.url for i, r in enumerate(intact)
                                                               if r.status == "success" and i != 5]
-
-
-def test_minhash_agrees_with_datasketch():
-    from datasketch import MinHash
-
-    from mmdata.minhash import MinHasher, clusters
-
-    rng = np.random.default_rng(0)
-    vocab = [f"w{i}" for i in range(3000)]
-    base = [" ".join(rng.choice(vocab, 300)) for _ in range(20)]
-    edited = []
-    for t in base:
-        ws = t.split()
-        ws[rng.integers(len(ws))] = "changed"
-        edited.append(" ".join(ws))
-    docs = base + edited
-    m = MinHasher()
-    sigs = m.signatures(docs)
-    for a, b in [(0, 20), (1, 21), (0, 1)]:
-        ours = float((sigs[a] == sigs[b]).mean())
-        ref = []
-        for d in (docs[a], docs[b]):
-            h = MinHash(num_perm=112)
-            ws = d.lower().split()
-            h.update_batch([" ".join(ws[i : i + 5]).encode() for i in range(len(ws) - 4)])
-            ref.append(h)
-        assert abs(ours - ref[0].jaccard(ref[1])) < 0.15
-    rep = clusters(m.bands(sigs))
-    assert rep[20:].tolist() == list(range(20)) and rep[:20].tolist() == list(range(20))
 
 
 def test_url_list_pages_fetched_politely(demo_docs, client, tmp_path):

@@ -36,7 +36,8 @@ from mmdata import fsio, samples, warc
 from mmdata import html as htmlmod
 from mmdata import textfilters as tf
 from mmdata.config import ExtractConfig, InterleavedConfig, Pipeline
-from mmdata.engine import Report, Shard, Stage, StageFailed, cluster, map_shards
+from mmdata.engine import Report, Shard, Stage, StageFailed, cluster, digest, map_shards
+from mmdata.minhash import ALGORITHM as MINHASH_ALGORITHM
 from mmdata.minhash import MinHasher, clusters
 
 SCHEMA_VERSION = 1
@@ -157,6 +158,10 @@ class Measure(Stage):
 
     def __init__(self, cfg):
         self.cfg = cfg
+
+    def fingerprint(self) -> str:
+        # band hashes stored by another MinHash algorithm never match this one's: redo, not mix
+        return digest({**self.__dict__, "minhash": MINHASH_ALGORITHM})
 
     def setup(self) -> None:
         self.rules = rules(self.cfg.extract)

@@ -193,3 +193,31 @@ def test_score_bad_references(tmp_path):
     assert code == 2 and "missing field 'question_id'" in out
     code, out = _score("--task", "bleu", "-p", preds, "-r", bad)
     assert code == 2 and "caption or vqa" in out
+
+
+def test_images_from_a_folder_pattern_and_from_webdataset_shards(tmp_path):
+    import io
+
+    from PIL import Image
+
+    from mmdata import samples
+
+    def jpeg(colour):
+        buf = io.BytesIO()
+        Image.new("RGB", (20, 10), colour).save(buf, "JPEG")
+        return buf.getvalue()
+
+    (tmp_path / "val2014").mkdir()
+    (tmp_path / "val2014" / "COCO_val2014_000000000042.jpg").write_bytes(jpeg("red"))
+    folder = fm.Images(str(tmp_path / "val2014"), "COCO_val2014_{image_id:012d}.jpg")
+    assert folder.open("42").getpixel((5, 5))[0] > 200
+    with pytest.raises(fm.FormatError, match="image '7' not found"):
+        folder.open("7")
+    with samples.TarSink(str(tmp_path / "00000.tar")) as sink:
+        sink.write({"__key__": "000000001", "jpg": jpeg("blue"), "json": {"image_id": 42}})
+        sink.write({"__key__": "000000002", "png": jpeg("green")})
+    shards = fm.Images(str(tmp_path / "0000{0..0}.tar"))
+    shards.load(["42", "000000002"])  # by the json's image_id, or by the key
+    assert shards.open("42").getpixel((5, 5))[2] > 200 and shards.open("000000002").getpixel((5, 5))[1] > 100
+    with pytest.raises(fm.FormatError, match="no image for id '9'"):
+        shards.load(["9"])

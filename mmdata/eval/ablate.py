@@ -159,13 +159,13 @@ def run_one(cfg: AblateConfig, row: Row, seed: int, echo) -> Run:
 
 def synthetic_captions(shards: str) -> tuple[int, int]:
     """(pairs with a VeCap caption, pairs) in the captions training shards."""
-    from mmdata.mix.decode import meta
+    from mmdata.mix.decode import parse
 
     with_syn = total = 0
     for url in fsio.expand(fsio.join(shards, "captions", "*.tar")):
         for sample in samples.read_shard(url):
             total += 1
-            with_syn += bool(meta(sample).get("synthetic_caption"))
+            with_syn += bool(parse(sample).get("synthetic_caption"))
     return with_syn, total
 
 

@@ -248,13 +248,13 @@ class Images:
         want = {str(i) for i in ids} - set(self._cache)
         if not want:
             return
-        from mmdata.mix.decode import meta
+        from mmdata.mix.decode import parse
 
         for sample in samples.read_shards(self.source):
             data = samples.image_member(sample)
             if data is None:
                 continue
-            rid = str(meta(sample).get("image_id", sample["__key__"]))
+            rid = str(parse(sample).get("image_id", sample["__key__"]))
             for cand in (rid, sample["__key__"]):
                 if cand in want:
                     self._cache[cand] = data

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 class MM1Model:
     def __init__(self, model):
         self.model = model
-        self._decoder = None
 
     @classmethod
     def load(cls, path: str, device: str | None = None) -> MM1Model:
@@ -28,29 +27,10 @@ class MM1Model:
                                    batch_size=max(1, len(prompts)))
 
     def _pixels(self, img, cache: dict):
-        """A prompt image as in training (the mixture decoder's resize), cached per call."""
-        import torch
-
+        """A prompt image prepared exactly as `generate` prepares it (the training decoder's resize)."""
         key = id(img)
         if key not in cache:
-            if isinstance(img, torch.Tensor):
-                cache[key] = img
-            else:
-                import io
-
-                from mmdata.config import MixDecodeConfig
-                from mmdata.mix.decode import Decoder
-
-                if self._decoder is None:
-                    spec = self.model.image
-                    self._decoder = Decoder(MixDecodeConfig(image_size=spec.size, resize=spec.resize,
-                                                            mean=list(spec.mean), std=list(spec.std)))
-                data = img
-                if not isinstance(img, bytes | bytearray):
-                    buf = io.BytesIO()
-                    img.save(buf, format="PNG")
-                    data = buf.getvalue()
-                cache[key] = torch.from_numpy(self._decoder.image(bytes(data))).permute(2, 0, 1).contiguous()
+            cache[key] = self.model._image(img)
         return cache[key]
 
     def score(self, prompts: Sequence[list], continuations: Sequence[str]) -> list[float]:

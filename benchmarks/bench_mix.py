@@ -130,7 +130,7 @@ def build_raw(root: Path, scale: float) -> dict[str, list[str]]:
 def write_manifest(folder: Path, shards: int, per: int) -> None:
     # the `shards` stage writes this beside every stream; the sampler plans from it without opening tars
     entries = [{"name": f"{s:05d}.tar", "count": per} for s in range(shards)]
-    (folder / "manifest.json").write_text(json.dumps({"shards": entries}))
+    (folder / "manifest.json").write_text(json.dumps({"schema_version": 1, "shards": entries}))
 
 
 def energon_prepare(root: Path, urls: dict[str, list[str]]) -> Path:

@@ -3,34 +3,24 @@
 A sample is a dict `{"__key__": key, ext: value, ...}`: `jpg`, `txt`, `json`, and for interleaved
 documents `0.jpg`, `1.jpg`, ... Values are bytes on read; on write str and dict/list are encoded
 (utf-8, json). Tars are written deterministically (fixed mtime, owner and mode, members in a fixed
-order) so that the same samples give the same bytes. Writes are atomic (`mmdata.fsio`). Pickle is
-never decoded: values stay bytes unless asked for through `decode`.
+order) so that the same samples give the same bytes. Writes are atomic (`mmdata.fsio`); tar bytes
+go through the one codec, `mmdata.tar`, which also makes any damage an error naming the shard and
+byte offset. Pickle is never decoded: values stay bytes unless asked for through `decode`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
-import posixpath
-import tarfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any, BinaryIO, Self
 
-import fsspec
+from mmdata import fsio, tar
+from mmdata.tar import ShardError
 
-from mmdata import fsio
-
-log = logging.getLogger(__name__)
-
-TAR_MTIME = 0  # fixed so that identical samples give identical shard bytes
 META_KEYS = ("__key__", "__url__")
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
-
-
-class ShardError(Exception):
-    """A shard that cannot be read or written, with the shard named."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -73,77 +63,63 @@ def sample_members(sample: dict) -> list[tuple[str, bytes]]:
     return out
 
 
-def _octal(n: int, width: int) -> bytes:
-    return b"%0*o\0" % (width - 1, n)
-
-
-# Everything of a member header but its name, size and checksum is fixed, so the header is
-# assembled from constant parts: tarfile's generic header code was most of a shard's write time.
-_HEAD_MODE_IDS = _octal(0o644, 8) + _octal(0, 8) + _octal(0, 8)
-_HEAD_TAIL = (
-    b"0"  # regular file
-    + bytes(100)  # linkname
-    + tarfile.POSIX_MAGIC
-    + bytes(32 + 32)  # uname, gname
-    + bytes(8 + 8)  # devmajor, devminor (empty for regular files, as tarfile writes them)
-    + bytes(155 + 12)  # prefix, padding to 512
-)
-
-
-def member_header(name: str, size: int) -> bytes:
-    """The tar header tarfile would write for this member (PAX format, fixed owner/mode/mtime)."""
-    raw = name.encode("utf-8")
-    if not name.isascii() or len(raw) > 100:  # tarfile needs a PAX extended header for these
-        info = tarfile.TarInfo(name)
-        info.size, info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = size, TAR_MTIME, 0o644, 0, 0, "", ""
-        return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
-    head = raw.ljust(100, b"\0") + _HEAD_MODE_IDS + _octal(size, 12) + _octal(TAR_MTIME, 12)
-    checksum = sum(head) + 8 * 32 + sum(_HEAD_TAIL)  # the checksum field counts as spaces
-    return head + b"%06o\0 " % checksum + _HEAD_TAIL
-
-
-def safe_member(name: str) -> bool:
-    """Only plain relative names: no absolute paths, no parent references, no drive letters."""
-    if not name or name.startswith(("/", "\\")) or "\\" in name or (len(name) > 1 and name[1] == ":"):
-        return False
-    return ".." not in name.split("/")
-
-
 def split_name(name: str) -> tuple[str, str]:
-    folder, base = posixpath.split(name)
-    stem, _, ext = base.partition(".")
-    return (f"{folder}/{stem}" if folder else stem), ext
+    """`00010003.0.jpg` -> (`00010003`, `0.jpg`): the key is up to the first dot."""
+    key, _, ext = name.partition(".")
+    return key, ext
 
 
-def iter_tar(fileobj, source: str = "<stream>") -> Iterator[dict]:
-    """Stream samples out of an (optionally compressed) tar, grouping members by key."""
-    current: dict | None = None
-    try:
-        with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                if not safe_member(member.name):
-                    log.warning("%s: skipped unsafe tar member %r", source, member.name)
-                    continue
-                key, ext = split_name(member.name)
-                if not ext:
-                    continue
-                data = tar.extractfile(member).read()
-                if current is None or current["__key__"] != key:
-                    if current is not None:
-                        yield current
-                    current = {"__key__": key, "__url__": source}
-                current[ext] = data
-    except (tarfile.TarError, EOFError, OSError) as e:
-        raise ShardError(f"{source}: unreadable tar: {e}") from e
+def iter_samples(f: BinaryIO, source: str = "<stream>", start: int = 0, stop: int | None = None, *,
+                 data: bool = True, limit: int | None = None) -> Iterator[dict]:
+    """Samples [start, stop) of a tar stream (uncompressed or gz/bz2/xz), grouping members by key.
+    `data=False` gives every value as b"" (counting, planning); samples before `start` are skipped
+    without reading their data where the file can seek. A key whose members are not consecutive,
+    or a field twice, is a damaged shard: `mmdata.tar.DamagedShard`."""
+    reader = tar.Reader(f, source, limit=limit)
+    index, key_now, current, seen = -1, None, None, set()
+    for m in reader:
+        key, _, ext = m.name.partition(".")
+        if key != key_now:
+            if key in seen:
+                raise tar.DamagedShard(source, m.offset - tar.BLOCK, f"key {key!r} appears again after other samples")
+            seen.add(key)
+            if current is not None:
+                yield current
+            index, key_now = index + 1, key
+            if stop is not None and index >= stop:
+                return
+            current = {"__key__": key, "__url__": source} if index >= start else None
+        if current is not None:
+            if ext in current:
+                raise tar.DamagedShard(source, m.offset - tar.BLOCK, f"member {m.name!r} appears twice")
+            current[ext] = reader.read() if data else b""
     if current is not None:
         yield current
 
 
-def read_shard(url: str) -> Iterator[dict]:
-    with fsspec.open(url, "rb") as f:
-        yield from iter_tar(f, url)
+def read_shard(url: str, start: int = 0, stop: int | None = None, *, data: bool = True,
+               limit: int | None = None) -> Iterator[dict]:
+    """Samples [start, stop) of the shard at `url` (local, s3://, http://); see `iter_samples`."""
+    with tar.open_url(url) as f:
+        yield from iter_samples(f, url, start, stop, data=data, limit=limit)
+
+
+def count_samples(url: str) -> int:
+    """Samples in one shard, from its headers (data is skipped, by seeking where the file allows)."""
+    return sum(1 for _ in read_shard(url, data=False))
+
+
+def index_shard(url: str) -> dict[str, list[tuple[str, int, int]]]:
+    """key -> [(ext, data offset, size)] of an uncompressed shard, from its headers only."""
+    out: dict[str, list[tuple[str, int, int]]] = {}
+    last = None
+    for m in tar.index(url):
+        key, ext = split_name(m.name)
+        if key != last and key in out:
+            raise tar.DamagedShard(url, m.offset - tar.BLOCK, f"key {key!r} appears again after other samples")
+        out.setdefault(key, []).append((ext, m.offset, m.size))
+        last = key
+    return out
 
 
 def read_shards(patterns: str | Iterable[str]) -> Iterator[dict]:
@@ -189,7 +165,7 @@ class TarSink:
     """One shard: samples go to a temp file; `commit()` makes it appear, `discard()` drops it.
 
     The bytes are those of `tarfile` in PAX format with fixed owner, mode and mtime (readable by
-    every tar reader); headers are built directly because that is most of the cost of writing.
+    every tar reader), made by `mmdata.tar`.
     An empty sink commits nothing (Energon and others refuse empty tars), so `commit()` returns None.
     `checksum=False` skips the running sha256 (a hot path that never publishes it).
     """
@@ -213,18 +189,14 @@ class TarSink:
             self._file = fsio.AtomicFile(self.url)
         parts = []
         for name, data in members:
-            parts += (member_header(name, len(data)), data)
-            if len(data) % tarfile.BLOCKSIZE:
-                parts.append(bytes(tarfile.BLOCKSIZE - len(data) % tarfile.BLOCKSIZE))
+            parts += (tar.header(name, len(data)), data, tar.padding(len(data)))
         self._write(b"".join(parts))
         self.count += 1
 
     def commit(self) -> ShardInfo | None:
         if self._file is None:
             return None
-        self._write(bytes(2 * tarfile.BLOCKSIZE))  # end-of-archive, then pad to a whole record as tarfile does
-        if self.size % tarfile.RECORDSIZE:
-            self._write(bytes(tarfile.RECORDSIZE - self.size % tarfile.RECORDSIZE))
+        self._write(tar.end(self.size))  # end-of-archive, then pad to a whole record as tarfile does
         self._file.commit()
         return ShardInfo(self.url, self.count, self.size, self._hash.hexdigest() if self._hash is not None else None)
 

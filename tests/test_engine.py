@@ -213,6 +213,17 @@ def test_check_catches_tar_and_metadata_disagreeing(tmp_path, client):
     bad = pd.read_parquet(tmp_path / "check/00001.parquet").set_index("key")
     assert bad.loc["000010000", "error"] == "sample in tar but metadata status is not success"
     assert pd.read_parquet(tmp_path / "check/00000.parquet")["valid"].all()
+    assert list(report.failed) == ["00001"] and "1 invalid records, first 000010000" in report.failed["00001"]
+    # the command exits 1 naming the shard, also when the shards were checked by an earlier run
+    from typer.testing import CliRunner
+
+    from mmdata.cli import app
+
+    recipe = tmp_path / "p.yaml"
+    recipe.write_text(f"name: t\nworkdir: {tmp_path}\ncheck: {{}}\nengine: {{progress: false}}\n")
+    again = CliRunner().invoke(app, ["check", "-c", str(recipe), "--scheduler", client.scheduler.address])
+    assert again.exit_code == 1 and "shard 00001 FAILED: 1 invalid records" in again.output
+    assert "0 shards done, 2 already done" in again.output
 
 
 def test_resume_refuses_shards_written_with_other_settings(tmp_path, client):

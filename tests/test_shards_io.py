@@ -108,28 +108,6 @@ def test_invalid_keys_and_fields_rejected(tmp_path):
         sink.write({"__key__": "k", "../../etc/passwd": "x"})
 
 
-def test_reader_skips_unsafe_members_and_never_unpickles(tmp_path, caplog):
-    path = tmp_path / "hostile.tar"
-    with tarfile.open(path, "w") as tar:
-        for name, data in [
-            ("/etc/passwd.txt", b"abs"),
-            ("../up.txt", b"dotdot"),
-            ("a/../../b.txt", b"dotdot2"),
-            ("ok.txt", b"fine"),
-            ("ok.pyd", b"\x80\x04K\x01."),  # a pickle: must stay bytes
-        ]:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-        link = tarfile.TarInfo("link.txt")
-        link.type = tarfile.SYMTYPE
-        link.linkname = "/etc/passwd"
-        tar.addfile(link)
-    got = [samples.decode(s) for s in samples.read_shard(str(path))]
-    assert got == [{"__key__": "ok", "__url__": str(path), "txt": "fine", "pyd": b"\x80\x04K\x01."}]
-    assert "unsafe tar member" in caplog.text
-
-
 def test_corrupt_tar_names_the_shard(tmp_path):
     path = tmp_path / "00007.tar"
     path.write_bytes(b"this is not a tar file at all" * 100)

@@ -1,7 +1,8 @@
 """Disjoint reading: each source's samples split among readers (rank x lane), streamed from shards.
 
-A source is a list of shards with sample counts (its catalogue): from a `manifest.json` beside the
-shards when there is one (no tar is opened), otherwise counted by reading. Every epoch the shards
+A source is a list of shards with sample counts (its catalogue): from the `manifest.json` beside the
+shards when there is one (read through `mmdata.manifest`, schema version checked; no tar is
+opened), otherwise counted by reading. Every epoch the shards
 are put in a seeded order and the concatenated samples are cut into `ranks x lanes` equal ranges
 (sizes differ by at most one), so no sample is read twice in an epoch by any rank or worker, and a
 reader never runs dry before the others: fewer shards than readers just means ranges inside shards.
@@ -13,20 +14,13 @@ pieces in a new seeded order. A range that starts inside a shard skips the shard
 from __future__ import annotations
 
 import posixpath
-import tarfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from io import BufferedReader
-
-import fsspec
 
 from mmdata import fsio, samples
+from mmdata import manifest as mf
 from mmdata.mix.plan import MixError, rng, tag
-
-MANIFEST = "manifest.json"
-_NAME_KEYS = ("name", "url", "path", "file", "shard")
-_COUNT_KEYS = ("count", "samples", "n_samples", "num_samples")
 
 
 @dataclass(frozen=True)
@@ -41,58 +35,44 @@ class Piece:
         return self.stop - self.start
 
 
-def manifest_counts(data) -> dict[str, int]:
-    """{shard file name: samples} from a manifest: `{"shards": [{"name": ..., "count": ...}]}`,
-    a bare list of such entries, or a `{name: count}` mapping."""
-    entries = data.get("shards", data) if isinstance(data, dict) else data
-    if isinstance(entries, dict):
-        return {posixpath.basename(k): int(v) for k, v in entries.items() if isinstance(v, int)}
-    out = {}
-    for e in entries or []:
-        name = next((e[k] for k in _NAME_KEYS if k in e), None)
-        count = next((e[k] for k in _COUNT_KEYS if k in e), None)
-        if name is not None and count is not None:
-            out[posixpath.basename(str(name))] = int(count)
-    return out
-
-
-def count_samples(url: str) -> int:
-    """Samples in one tar, from its headers (data is skipped, by seeking where the file allows)."""
-    return sum(1 for _ in read_tar(url, 0, None, data=False))
+def manifest_counts(name: str, url: str, *, required: bool = True) -> dict[str, int] | None:
+    """{shard file name: samples} from an mmdata manifest (`mmdata.manifest.read`: the schema
+    version is checked); None when `required` is false and there is no manifest at `url`."""
+    try:
+        m = mf.read(url)
+    except FileNotFoundError:
+        if not required:
+            return None
+        raise MixError(f"source '{name}': no manifest at {url}") from None
+    except (OSError, ValueError) as e:
+        raise MixError(f"source '{name}': cannot read manifest {url}: {e}") from None
+    try:
+        return {posixpath.basename(s["name"]): int(s["count"]) for s in m["shards"]}
+    except (KeyError, TypeError, ValueError) as e:
+        raise MixError(f"source '{name}': manifest {url} has a shard entry without name and count ({e})") from None
 
 
 def catalogue(name: str, patterns: str | list[str]) -> list[tuple[str, int]]:
     """[(shard url, samples)] of a source, in pattern order; empty shards left out."""
     if isinstance(patterns, str) and patterns.endswith(".json"):  # a manifest names the shards itself
-        base = patterns.rsplit("/", 1)[0]
-        counts = manifest_counts(_read_manifest(name, patterns))
+        base = mf.folder_of(patterns)
+        counts = manifest_counts(name, patterns)
         return [(fsio.join(base, k), v) for k, v in counts.items() if v > 0]
     urls = fsio.expand(patterns)
     if not urls:
         raise MixError(f"source '{name}': {patterns!r} matched no shards")
-    known: dict[str, int] = {}
-    beside = fsio.join(urls[0].rsplit("/", 1)[0], MANIFEST) if "/" in urls[0] else MANIFEST
-    try:
-        known = manifest_counts(fsio.read_json(beside))
-    except (FileNotFoundError, OSError, ValueError):
-        pass  # no manifest: count by reading
+    beside = fsio.join(urls[0].rsplit("/", 1)[0], mf.MANIFEST) if "/" in urls[0] else mf.MANIFEST
+    known = manifest_counts(name, beside, required=False) or {}  # no manifest: count by reading
     todo = [u for u in urls if posixpath.basename(u) not in known]
     try:
         with ThreadPoolExecutor(8) as pool:
-            counted = dict(zip(todo, pool.map(count_samples, todo)))
+            counted = dict(zip(todo, pool.map(samples.count_samples, todo)))
     except FileNotFoundError as e:
         raise MixError(f"source '{name}': shard not found: {e}") from None
-    except (tarfile.TarError, OSError) as e:
+    except (samples.ShardError, OSError) as e:
         raise MixError(f"source '{name}': unreadable shard: {e}") from None
     out = [(u, counted[u] if u in counted else known[posixpath.basename(u)]) for u in urls]
     return [(u, n) for u, n in out if n > 0]
-
-
-def _read_manifest(name: str, url: str):
-    try:
-        return fsio.read_json(url)
-    except (FileNotFoundError, OSError, ValueError) as e:
-        raise MixError(f"source '{name}': cannot read manifest {url}: {e}") from None
 
 
 def split(shards: list[tuple[str, int]], readers: int, seed: int, source: str, epoch: int) -> list[list[Piece]]:
@@ -116,79 +96,9 @@ def split(shards: list[tuple[str, int]], readers: int, seed: int, source: str, e
 
 
 def read_piece(piece: Piece) -> Iterator[dict]:
-    return read_tar(piece.url, piece.start, piece.stop)
-
-
-def _octal(field: bytes) -> int:
-    field = field.rstrip(b"\0 ").lstrip(b" ")
-    return int(field, 8) if field else 0
-
-
-def _pax(data: bytes) -> dict[str, str]:
-    out, pos = {}, 0
-    while pos < len(data):
-        length = int(data[pos:data.index(b" ", pos)])
-        key, _, value = data[pos:pos + length].split(b" ", 1)[1].rstrip(b"\n").partition(b"=")
-        out[key.decode()] = value.decode("utf-8", "replace")
-        pos += length
-    return out
-
-
-def read_tar(url: str, start: int = 0, stop: int | None = None, *, data: bool = True) -> Iterator[dict]:
-    """Samples [start, stop) of an uncompressed tar as `mmdata.samples` gives them (same keys, same
-    unsafe-name rule), parsing only the header fields a sample needs and seeking over the data of
-    samples before `start`. Compressed tars go through `mmdata.samples.read_shard`."""
-    with fsspec.open(url, "rb") as f:
-        head = f.read(512)
-        if head[:2] == b"\x1f\x8b" or head[:3] == b"BZh" or head[:6] == b"\xfd7zXZ\x00":
-            f.close()
-            for i, sample in enumerate(samples.read_shard(url)):
-                if stop is not None and i >= stop:
-                    return
-                if i >= start:
-                    yield sample
-            return
-        local = isinstance(f, BufferedReader)
-        index, last, current, pax = -1, None, None, {}
-        while len(head) == 512 and head != _ZERO:
-            size = int(pax["size"]) if "size" in pax else _octal(head[124:136])
-            kind = head[156:157]
-            padded = (size + 511) & ~511
-            if kind in (b"x", b"L"):  # pax / GNU long name: the next member's real name or size
-                ext = f.read(padded)[:size]
-                pax = _pax(ext) if kind == b"x" else {"path": ext.rstrip(b"\0").decode("utf-8", "replace")}
-                head = f.read(512)
-                continue
-            name = pax.get("path") or _name(head)
-            pax = {}
-            key, ext = samples.split_name(name) if kind in (b"0", b"\0") and samples.safe_member(name) else ("", "")
-            if ext and key != last:
-                index, last = index + 1, key
-                if current is not None:
-                    yield current
-                if stop is not None and index >= stop:
-                    return
-                current = {"__key__": key, "__url__": url} if index >= start else None
-            if ext and current is not None:
-                value = f.read(padded)
-                current[ext] = value[:size] if data else b""
-            elif local:
-                f.seek(padded, 1)
-            elif padded:
-                f.read(padded)
-            head = f.read(512)
-        if current is not None:
-            yield current
-
-
-_ZERO = bytes(512)
-
-
-def _name(head: bytes) -> str:
-    name = head[:100].split(b"\0", 1)[0]
-    if head[257:262] == b"ustar" and head[345] != 0:
-        name = head[345:500].split(b"\0", 1)[0] + b"/" + name
-    return name.decode("utf-8", "replace")
+    """The piece's samples, through the one tar codec (samples before the piece are skipped
+    without reading their data where the file can seek)."""
+    return samples.read_shard(piece.url, piece.start, piece.stop)
 
 
 def stream(pieces: list[Piece], start: int, key: tuple[int, ...]) -> Iterator[tuple[int, dict]]:

@@ -16,7 +16,7 @@ import pandas as pd
 
 from mmdata import fsio, samples, schema
 from mmdata.config import Pipeline
-from mmdata.engine import Report, Shard, Stage, map_shards
+from mmdata.engine import Report, Shard, Stage, map_shards, stats_url
 from mmdata.store import ShardSet
 
 
@@ -81,6 +81,17 @@ class Check(Stage):
 
 
 def run(pipeline: Pipeline, *, client=None, overwrite: bool = False) -> Report:
+    """Check every shard; a shard with an invalid record counts as failed (the CLI exits 1 naming
+    it and its first problem), whether it was checked now or by an earlier run."""
     cfg = pipeline.section("check")
     shards = ShardSet(cfg.input or pipeline.output("download")).require("check")
-    return map_shards(Check(), shards, pipeline.stage_dir("check"), pipeline.engine, client=client, overwrite=overwrite)
+    out = pipeline.stage_dir("check")
+    report = map_shards(Check(), shards, out, pipeline.engine, client=client, overwrite=overwrite)
+    for sid in [*report.done, *report.skipped]:
+        stats = report.done.get(sid) or fsio.read_json(stats_url(out, sid))
+        n_bad = stats["status_dict"].get("invalid", 0)
+        if n_bad:
+            rows = fsio.read_parquet(fsio.join(out, f"{sid}.parquet"))
+            first = rows[~rows["valid"]].iloc[0]
+            report.failed[sid] = f"{n_bad} invalid records, first {first['key']}: {first['error']}"
+    return report

@@ -27,7 +27,6 @@ import contextlib
 import fnmatch
 import json
 import math
-import tarfile
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,7 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mmdata import fsio, samples
+from mmdata import fsio, samples, tar
 from mmdata import manifest as mf
 from mmdata.config import ConfigError, Pipeline, ShardsConfig, StreamConfig
 from mmdata.engine import Report, Shard, Stage, cluster, finished, map_shards
@@ -49,23 +48,6 @@ READ_BATCH = 256  # samples read together (one ranged read per input tar on obje
 
 # ---------------------------------------------------------------------------------------------
 # index: one input shard -> a row per record
-
-
-def tar_members(url: str) -> dict[str, list[tuple[str, int, int]]]:
-    """key -> [(ext, data offset, size)] from the tar headers (data is skipped where it can be)."""
-    out: dict[str, list[tuple[str, int, int]]] = {}
-    fs, path = fsio.fs_path(url)
-    try:
-        with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
-            for m in tar:
-                if not m.isfile() or not samples.safe_member(m.name):
-                    continue
-                key, ext = samples.split_name(m.name)
-                if ext:
-                    out.setdefault(key, []).append((ext, m.offset_data, m.size))
-    except (tarfile.TarError, EOFError) as e:
-        raise samples.ShardError(f"{url}: unreadable tar: {e}") from e
-    return out
 
 
 _SKIP = object()
@@ -110,8 +92,8 @@ def index_shard(source: str, shard_id: str, sidecars: dict[str, str], synthetic:
     if not keep.eq(reason.isna()).all():  # both read the same columns; a mismatch is a bug here
         raise AssertionError(f"{shard_id}: decisions disagree with store.kept")
 
-    tar = base.tar(shard_id)
-    members = tar_members(tar) if keep.any() and fsio.exists(tar) else {}
+    tar_url = base.tar(shard_id)
+    members = samples.index_shard(tar_url) if keep.any() and fsio.exists(tar_url) else {}
     scored = [c for c in df.columns if "." in c and not c.endswith(".drop_reason") and c != synthetic
               and any(fnmatch.fnmatchcase(c, p) for p in score_columns)]
     rows = []
@@ -183,18 +165,6 @@ def digest(records: pd.DataFrame, order: pd.DataFrame) -> str:
 # write: one output shard
 
 
-def _read_ranges(url: str, ranges: list[tuple[int, int]]) -> list[bytes]:
-    fs, path = fsio.fs_path(url)
-    if fsio.is_local(url):
-        out = []
-        with open(path, "rb") as f:
-            for start, size in ranges:
-                f.seek(start)
-                out.append(f.read(size))
-        return out
-    return fs.cat_ranges([path] * len(ranges), [s for s, _ in ranges], [s + n for s, n in ranges])
-
-
 def read_members(source: ShardSet, rows: list[dict]) -> dict[str, dict[str, bytes]]:
     """key -> {ext: bytes} for a batch of plan rows, one read per input tar."""
     by_tar: dict[str, list[tuple[str, str, int, int]]] = {}
@@ -205,10 +175,8 @@ def read_members(source: ShardSet, rows: list[dict]) -> dict[str, dict[str, byte
     for shard_id, wanted in by_tar.items():
         wanted.sort(key=lambda w: w[2])
         url = source.tar(shard_id)
-        blobs = _read_ranges(url, [(off, size) for _, _, off, size in wanted])
-        for (key, ext, _, size), blob in zip(wanted, blobs):
-            if len(blob) != size:
-                raise samples.ShardError(f"{url}: member {key}.{ext} is {len(blob)} bytes, its header says {size}")
+        blobs = tar.read_ranges(url, [(off, size) for _, _, off, size in wanted])
+        for (key, ext, _, _), blob in zip(wanted, blobs):
             out.setdefault(key, {})[ext] = blob
     return out
 

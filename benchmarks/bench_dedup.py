@@ -90,7 +90,7 @@ def run_mmdata(n: int) -> dict:
 
         with cluster(pipe.engine) as client:
             t0 = time.perf_counter()
-            dedup.run(pipe, client=client, echo=lambda *_: None)
+            dedup.run(pipe, client=client)
             seconds = time.perf_counter() - t0
         import pandas as pd
 

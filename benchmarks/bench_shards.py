@@ -54,6 +54,8 @@ def make_input(work: Path, n: int) -> int:
     for s in range(n // PER_SHARD):
         sid = f"{s:05d}"
         meta, side = [], []
+        recorded = fsio.recording()
+        written = recorded.__enter__()  # the digests the stages record as they write (their lineage)
         with samples.TarSink(str(work / "download" / f"{sid}.tar")) as sink:
             for i in range(PER_SHARD):
                 key = f"{sid}{i:04d}"
@@ -67,9 +69,11 @@ def make_input(work: Path, n: int) -> int:
                 kept += drop is None
         fsio.write_parquet(str(work / "download" / f"{sid}.parquet"), pd.DataFrame(meta))
         fsio.write_parquet(str(work / "filter" / f"{sid}.parquet"), pd.DataFrame(side))
+        recorded.__exit__(None, None, None)
         for folder in ("download", "filter"):
+            outputs = {f"{folder}/{u.rsplit('/', 1)[1]}": d for u, d in written.items() if f"/{folder}/" in u}
             fsio.write_json(str(work / folder / f"{sid}_stats.json"), {"count": PER_SHARD, "successes": PER_SHARD,
-                                                                     "status_dict": {}})
+                                                                     "status_dict": {}, "lineage": {"outputs": outputs}})
     return kept
 
 

@@ -1,11 +1,26 @@
-"""The Dask engine: a stage applied shard by shard.
+"""The Dask engine: every step of every stage, with its lineage, completion and funnel.
 
-One task per input shard. A stage object is shipped with each task but set up (models loaded) once
-per worker process, NeMo-Curator style. A shard is done when its `{id}_stats.json` exists in the
-stage's output folder; that file is written last and atomically, so a re-run skips finished shards
-and redoes any shard whose task died midway (its partial outputs are temp files or are overwritten
-atomically). Failures are isolated per shard, retried by Dask, and reported with the shard and the
-error; the other shards still finish.
+Two kinds of step:
+
+- `map_shards(stage, shards, out)`: one task per shard. A stage object is shipped with each task
+  but set up (models loaded) once per worker process, NeMo-Curator style. A shard is done when its
+  `{id}_stats.json` exists in `out`: removed first when a shard is redone, written last and
+  atomically, with the shard's lineage (`mmdata.lineage`: the stage's settings, digests of every
+  file the task read and wrote). A re-run skips a finished shard only when its lineage still holds;
+  a shard whose inputs changed is redone, one written with other settings is refused in one line
+  naming the stage, the shard and the setting (`--overwrite` redoes it). An `--overwrite` leaves
+  `_overwrite.json` until it completes, so an interrupted overwrite stays one. Shards that are no
+  longer in the input are removed. Failures are isolated per shard, retried by Dask and reported
+  with the shard and the error; the other shards still finish.
+- `run_global(step, shards, out)`: map -> reduce -> write back. `step.reduce` reads every shard
+  (with the cluster at hand) and writes the step's global outputs; `step.write_back` names a stage
+  and the shards it writes per shard, run by `map_shards` above. `{out}/_step.json` is the one
+  completion marker: `running` while the step is redone (nothing under `out` counts as finished),
+  `reduced` once the global outputs are complete (a resume only finishes the write-back), `done`
+  last. Its lineage covers every input of every shard.
+
+Both write the stage's funnel (`mmdata.decisions`) from its shards' stats. `client_for` is the one
+way to get or make a Dask client.
 """
 
 from __future__ import annotations
@@ -13,28 +28,32 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import signal
 import threading
 import time
 import traceback
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from mmdata import fsio
+from mmdata import decisions, fsio, lineage
 from mmdata.config import ConfigError, EngineConfig
 from mmdata.memory import keep_freed_memory
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+OVERWRITE = "_overwrite.json"
+STEP = "_step.json"
 P = TypeVar("P")
 
 
 @dataclass(frozen=True)
 class Shard(Generic[P]):
     """A unit of work: its id (shared by every stage's outputs for it) and what it reads, as a
-    typed payload the stage defines (`store.ShardFiles` for a shard set's tar and metadata)."""
+    typed payload the stage defines (`store.ShardFiles` for a shard set's tar and metadata). The
+    payload's str fields are the files the task reads: their digests are its lineage."""
 
     id: str
     input: P
@@ -43,13 +62,16 @@ class Shard(Generic[P]):
 class Stage:
     """Base of every shard stage. Subclasses write two methods: `setup` and `process`.
 
-    `process(shard, out)` writes the shard's outputs under the folder `out` (atomically, through
-    `mmdata.fsio`) and returns its stats: at least `count` (records in), `successes` (records
-    kept) and `status_dict` (status -> count). Per-sample problems belong in those outputs as a
-    status and error message, not in exceptions; an exception fails the whole shard (and is retried).
+    `process(shard, out)` writes the shard's outputs (atomically, through `mmdata.fsio`) and returns
+    its stats: at least `count` (records in), `successes` (records kept) and `status_dict` (status
+    -> count); a stage that decides also returns `dropped` ({reason code: n}, see
+    `mmdata.decisions`) and lists its reasons in order in `reasons`. Per-sample problems belong in
+    the outputs as a status and error message, not in exceptions; an exception fails the whole
+    shard (and is retried).
     """
 
     name = "stage"
+    reasons: tuple[str, ...] | None = None  # a deciding stage's drop reasons, in funnel order
 
     def setup(self) -> None:
         """Load models and other per-process state; runs once per worker."""
@@ -57,11 +79,16 @@ class Stage:
     def process(self, shard: Shard, out: str) -> dict:
         raise NotImplementedError
 
-    def fingerprint(self) -> str:
-        """What decides this stage's outputs. Finished shards written under another fingerprint are
-        stale: a re-run refuses to mix them with new ones unless told to overwrite. The default is
-        the stage's whole state; stages narrow it to leave out settings that only change speed."""
-        return digest(self.__dict__)
+    def settings(self) -> Any:
+        """What decides this stage's outputs (recorded in every shard's lineage). Finished shards
+        written under other settings are stale: a re-run refuses to mix them with new ones unless
+        told to overwrite. The default is the stage's whole state; stages narrow it to leave out
+        what only changes speed."""
+        return self.__dict__
+
+    def output_dirs(self, out: str) -> list[str]:
+        """Folders this stage writes shard files into (temp files of a killed task are swept there)."""
+        return [out]
 
     def cache_token(self) -> str:
         """Identifies this stage's set-up state on a worker; equal tokens share one set-up."""
@@ -69,20 +96,14 @@ class Stage:
 
 
 def digest(state: Any) -> str:
-    import hashlib
-    import json
+    return lineage.fingerprint(lineage.plain(state, ""))
 
-    def plain(v: Any) -> Any:
-        if hasattr(v, "model_dump"):  # a config model, less the fields that only set the pace
-            pace = getattr(v, "PACE", frozenset())
-            return {k: plain(getattr(v, k)) for k in type(v).model_fields if k not in pace}
-        if isinstance(v, dict):
-            return {str(k): plain(x) for k, x in v.items()}
-        if isinstance(v, list | tuple | set | frozenset):
-            return [plain(x) for x in v]
-        return v if isinstance(v, str | int | float | bool | type(None)) else repr(v)
 
-    return hashlib.sha256(json.dumps(plain(state), sort_keys=True).encode()).hexdigest()[:16]
+def kill_point(name: str) -> None:
+    """Test hook: SIGKILL this process group at the named moment when MMDATA_KILL_AT says so (how
+    the tests kill -9 a run between two of its steps, deterministically)."""
+    if os.environ.get("MMDATA_KILL_AT") == name:
+        os.killpg(os.getpgid(0), signal.SIGKILL)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,11 +144,13 @@ def stats_url(out: str, shard_id: str) -> str:
     return fsio.join(out, f"{shard_id}_stats.json")
 
 
-def run_shard(stage: Stage, token: str, shard: Shard, out: str) -> dict:
-    """Process one shard and mark it done. Runs on a worker (or inline)."""
+def run_shard(stage: Stage, token: str, shard: Shard, out: str, root: str, recorded: dict) -> dict:
+    """Process one shard and mark it done, with its lineage. Runs on a worker (or inline)."""
     ready = _stage_on_worker(stage, token)
+    fsio.rm(stats_url(out, shard.id))  # a shard being redone is unfinished until its new stats exist
     started = time.time()
-    stats = dict(ready.process(shard, out))
+    with fsio.recording() as written:
+        stats = dict(ready.process(shard, out))
     for required in ("count", "successes", "status_dict"):
         if required not in stats:
             raise TypeError(f"{type(stage).__name__}.process returned stats without {required!r}")
@@ -139,7 +162,9 @@ def run_shard(stage: Stage, token: str, shard: Shard, out: str) -> dict:
         started=started,
         finished=finished,
         duration=round(finished - started, 4),
+        lineage={**recorded, "outputs": {lineage.normalize(u, root): d for u, d in sorted(written.items())}},
     )
+    kill_point(f"{stage.name}:before-stats")
     fsio.write_json(stats_url(out, shard.id), stats)
     return stats
 
@@ -189,13 +214,22 @@ def cluster(cfg: EngineConfig) -> Iterator[Any]:
             yield client
 
 
+@contextmanager
+def client_for(cfg: EngineConfig, client: Any = None) -> Iterator[Any]:
+    """The client given, else a new one for the run (see `cluster`): the one way stages get one."""
+    with nullcontext(client) if client is not None else cluster(cfg) as c:
+        yield c
+
+
 @dataclass
 class Report:
     stage: str
     out: str
     done: dict[str, dict] = field(default_factory=dict)  # shard -> stats, this run
-    skipped: list[str] = field(default_factory=list)  # finished by an earlier run
+    skipped: list[str] = field(default_factory=list)  # finished by an earlier run, lineage unchanged
     failed: dict[str, str] = field(default_factory=dict)  # shard -> error
+    redone: dict[str, str] = field(default_factory=dict)  # shard -> why its earlier output was stale
+    funnel: dict = field(default_factory=dict)  # the stage's funnel over every shard (deciding stages)
     duration: float = 0.0
 
     @property
@@ -218,7 +252,12 @@ class Report:
              f"{len(self.failed)} failed; {t['count']} records in, {t['successes']} kept "
              f"({self.duration:.1f}s) -> {self.out}")
         ]
+        lines += [f"  shard {sid} redone: {why}" for sid, why in sorted(self.redone.items())[:5]]
+        if len(self.redone) > 5:
+            lines.append(f"  ... and {len(self.redone) - 5} more shards redone")
         lines += [f"  shard {sid} FAILED: {err}" for sid, err in sorted(self.failed.items())]
+        if self.funnel and self.ok:
+            lines += ["  " + line for line in decisions.funnel_lines(self.funnel)]
         return "\n".join(lines)
 
 
@@ -228,13 +267,37 @@ class StageFailed(Exception):
         self.report = report
 
 
-def finished(out: str) -> set[str]:
+def stats_ids(out: str) -> set[str]:
     """Ids of the shards whose stats file exists under `out`."""
     fs, path = fsio.fs_path(out)
     if not fs.exists(path):
         return set()
     names = (p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
     return {n[: -len("_stats.json")] for n in names if n.endswith("_stats.json")}
+
+
+def finished(out: str) -> set[str]:
+    """Ids of the shards finished under `out`: none while a global step is redoing it, and while
+    an `--overwrite` is in progress only those it wrote already."""
+    step = fsio.join(out, STEP)
+    if fsio.exists(step) and fsio.read_json(step).get("state") != "done":
+        return set()
+    ids = stats_ids(out)
+    marker = fsio.join(out, OVERWRITE)
+    if ids and fsio.exists(marker):
+        fp = fsio.read_json(marker).get("fingerprint")
+        ids = {i for i in ids if (fsio.read_json(stats_url(out, i)).get("lineage") or {}).get("fingerprint") == fp}
+    return ids
+
+
+def in_progress(out: str) -> str | None:
+    """What leaves `out` incomplete (an interrupted --overwrite or global step), else None."""
+    if fsio.exists(fsio.join(out, OVERWRITE)):
+        return "an interrupted --overwrite"
+    step = fsio.join(out, STEP)
+    if fsio.exists(step) and (state := fsio.read_json(step).get("state")) != "done":
+        return f"an interrupted global step ({state})"
+    return None
 
 
 def map_shards(
@@ -245,61 +308,177 @@ def map_shards(
     *,
     client: Any = None,
     overwrite: bool = False,
+    root: str | None = None,
+    redo: set[str] | frozenset[str] = frozenset(),
+    refuse_changed_settings: bool = True,
 ) -> Report:
-    """Apply `stage` to every shard not yet finished under `out`; returns what happened."""
+    """Apply `stage` to every shard of `shards` not finished under `out` with its lineage intact
+    (`redo`: also these ids); `root` is the workdir lineage paths are relative to (default: the
+    parent of `out`). Shards written under other settings are refused, or redone when
+    `refuse_changed_settings` is false (a global step's write-back). Returns what happened."""
     engine = engine or EngineConfig()
+    root = (root or out.rstrip("/").rsplit("/", 1)[0]).rstrip("/")
     report = Report(stage.name, out)
     t0 = time.time()
     ids = [s.id for s in shards]
     if len(set(ids)) != len(ids):
         raise ValueError(f"{stage.name}: duplicate shard ids in input")
-    done_before = set() if overwrite else finished(out)
-    _check_fingerprint(stage, out, done_before)
-    todo = [s for s in shards if s.id not in done_before]
-    report.skipped = sorted(s.id for s in shards if s.id in done_before)
-    _sweep_temp(out, [s.id for s in todo])
-    if todo:
-        if client is None:
-            with cluster(engine) as c:
-                _submit_all(c, stage, todo, out, engine, report)
+    settings = lineage.plain(stage.settings(), root)
+    fp = lineage.fingerprint(settings)
+    digests = lineage.Digests(root)
+    inputs = {s.id: digests.inputs(s.input) for s in shards}
+    marker = fsio.join(out, OVERWRITE)
+    continuing = not overwrite and fsio.exists(marker)
+    done_before = stats_ids(out)
+    _remove_orphans(out, done_before - set(ids), root)
+    todo, refused = [], []
+    for s in shards:
+        if overwrite or s.id in redo or s.id not in done_before:
+            todo.append(s)
+            continue
+        why = lineage.changed(fsio.read_json(stats_url(out, s.id)).get("lineage"), fp, settings, inputs[s.id])
+        if why is None:
+            report.skipped.append(s.id)
+        elif why[0] == "settings" and not continuing and refuse_changed_settings:
+            refused.append((s.id, why[1]))
         else:
-            _submit_all(client, stage, todo, out, engine, report)
+            todo.append(s)
+            report.redone[s.id] = f"{'settings' if why[0] == 'settings' else 'inputs'} {why[1]}"
+    if refused:
+        sid, what = refused[0]
+        more = f" (and {len(refused) - 1} more shards)" if len(refused) > 1 else ""
+        raise ConfigError(f"{stage.name}: shard {sid} under {out} was written with other settings ({what}){more}; "
+                          "rerun with --overwrite to redo it, or write elsewhere")
+    if overwrite and todo:
+        fsio.write_json(marker, {"stage": stage.name, "fingerprint": fp})
+    report.skipped.sort()
+    for folder in stage.output_dirs(out):
+        for s in todo:
+            fsio.sweep_temp(folder, s.id)
+    if todo:
+        recorded = {s.id: {"fingerprint": fp, "settings": settings, "inputs": inputs[s.id]} for s in todo}
+        with client_for(engine, client) as c:
+            _submit_all(c, stage, todo, out, root, recorded, engine, report)
+    if report.ok:
+        fsio.rm(marker)
+        if stage.reasons is not None:
+            stats = [report.done.get(i) or fsio.read_json(stats_url(out, i)) for i in ids]
+            report.funnel = decisions.funnel(stage.name, stats, stage.reasons)
+            fsio.write_json(fsio.join(out, decisions.FUNNEL), report.funnel)
     report.duration = time.time() - t0
     return report
 
 
-FINGERPRINT = "_stage.json"
+def _remove_orphans(out: str, ids: set[str], root: str) -> None:
+    """Finished shards whose id is no longer an input (an upstream re-run with fewer shards): the
+    marker first, then every output its lineage names."""
+    for sid in sorted(ids):
+        url = stats_url(out, sid)
+        outputs = (fsio.read_json(url).get("lineage") or {}).get("outputs") or {}
+        fsio.rm(url)
+        for rel in outputs:
+            fsio.rm(rel if "://" in rel or rel.startswith("/") else fsio.join(root, rel))
 
 
-def _check_fingerprint(stage: Stage, out: str, done: set[str]) -> None:
-    """Refuse to resume on top of shards written with other settings; record this run's."""
-    url = fsio.join(out, FINGERPRINT)
-    mine = stage.fingerprint()
-    if done and fsio.exists(url):
-        theirs = fsio.read_json(url).get("fingerprint")
-        if theirs != mine:
-            raise ConfigError(
-                f"{stage.name}: the recipe changed since the {len(done)} finished shards under {out} were written "
-                f"(fingerprint {theirs} -> {mine}); rerun with --overwrite to redo them, or write elsewhere"
-            )
-        return
-    fsio.write_json(url, {"stage": stage.name, "fingerprint": mine})
+# ---------------------------------------------------------------------------------------------
+# global steps
 
 
-def _sweep_temp(out: str, ids: list[str]) -> None:
-    """Remove temp files a killed run left for shards about to be redone."""
-    for sid in ids:
-        fsio.sweep_temp(out, sid)
+class GlobalStep:
+    """A step over every shard at once: `reduce` reads them all (on the client, with the cluster)
+    and writes the step's global outputs under `out`; `write_back` gives the stage and shards that
+    write each shard's result (their payloads name the global outputs, so their lineage pins them)."""
+
+    name = "step"
+
+    def settings(self) -> Any:
+        return self.__dict__
+
+    def reduce(self, client: Any, shards: list[Shard], out: str) -> dict:
+        """Compute and write the global outputs; returns a summary kept in the marker."""
+        raise NotImplementedError
+
+    def write_back(self, shards: list[Shard], out: str) -> tuple[Stage, list[Shard]]:
+        raise NotImplementedError
 
 
-def _submit_all(client, stage: Stage, todo: list[Shard], out: str, engine: EngineConfig, report: Report):
+@dataclass
+class StepReport(Report):
+    step: dict = field(default_factory=dict)  # the reduce's summary
+
+
+def run_global(step: GlobalStep, shards: list[Shard], out: str, engine: EngineConfig | None = None, *,
+               client: Any = None, overwrite: bool = False, root: str | None = None) -> StepReport:
+    """map -> reduce -> write back, with `{out}/_step.json` written last (see the module doc)."""
+    engine = engine or EngineConfig()
+    root = (root or out.rstrip("/").rsplit("/", 1)[0]).rstrip("/")
+    t0 = time.time()
+    settings = lineage.plain(step.settings(), root)
+    digests = lineage.Digests(root)
+    state = {"step": step.name, "fingerprint": lineage.fingerprint(settings), "settings": settings,
+             "inputs": {s.id: digests.inputs(s.input) for s in shards}}
+    url = fsio.join(out, STEP)
+    before = fsio.read_json(url) if fsio.exists(url) else {}
+    same = not overwrite and all(before.get(k) == state[k] for k in ("fingerprint", "inputs"))
+    with client_for(engine, client) as c:
+        if same and before.get("state") in ("reduced", "done"):
+            summary = before.get("summary", {})
+        else:
+            fsio.write_json(url, {**state, "state": "running"})
+            kill_point(f"{step.name}:reduce")
+            try:
+                summary = step.reduce(c, shards, out)
+            except ShardsFailed as e:  # named per shard, as map_shards names its failures
+                return StepReport(step.name, out, failed=e.failed, duration=time.time() - t0)
+            fsio.write_json(url, {**state, "state": "reduced", "summary": summary})
+        stage, targets = step.write_back(shards, out)
+        # a write-back shard is redone when what it reads changed: the reduce's outputs are in its lineage
+        sub = map_shards(stage, targets, out, engine, client=c, overwrite=overwrite, root=root,
+                         refuse_changed_settings=False)
+    report = StepReport(**{**vars(sub), "duration": time.time() - t0}, step=summary)
+    if sub.ok:
+        kill_point(f"{step.name}:before-done")
+        fsio.write_json(url, {**state, "state": "done", "summary": summary})
+    return report
+
+
+def map_parts(client: Any, fn, shards: list[Shard], *args, **kwargs) -> dict[str, Any]:
+    """fn(shard, *args) for every shard on the cluster, results by shard id; a failure raises
+    naming the shard, the way `map_shards` names them."""
+    from distributed import wait
+
+    futures = {s.id: client.submit(fn, s, *args, pure=False, **kwargs) for s in shards}
+    wait(list(futures.values()))
+    out, failed = {}, {}
+    for sid, fut in futures.items():
+        if fut.status == "finished":
+            out[sid] = fut.result()
+        else:
+            failed[sid] = f"{type(fut.exception()).__name__}: {fut.exception()}"
+    if failed:
+        sid = min(failed)
+        raise ShardsFailed(failed, f"shard {sid} FAILED: {failed[sid]}" + (f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""))
+    return out
+
+
+class ShardsFailed(Exception):
+    """Shards whose part of a global step failed: {id: error}."""
+
+    def __init__(self, failed: dict[str, str], message: str):
+        super().__init__(message)
+        self.failed = failed
+
+
+def _submit_all(client, stage: Stage, todo: list[Shard], out: str, root: str, recorded: dict, engine: EngineConfig,
+                report: Report):
     from distributed import as_completed
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     token = stage.cache_token()
     futures = {
         client.submit(
-            run_shard, stage, token, shard, out, key=f"{stage.name}-{shard.id}-{token[-8:]}", retries=engine.retries, pure=False
+            run_shard, stage, token, shard, out, root, recorded[shard.id], key=f"{stage.name}-{shard.id}-{token[-8:]}",
+            retries=engine.retries, pure=False
         ): shard.id
         for shard in todo
     }
@@ -316,6 +495,7 @@ def _submit_all(client, stage: Stage, todo: list[Shard], out: str, engine: Engin
                 stats = fut.result()
                 report.done[sid] = stats
                 progress.advance(bar_samples, stats["count"])
+                kill_point(f"{stage.name}:shard-done")
             else:
                 exc = fut.exception()
                 tb = "".join(traceback.format_tb(fut.traceback()))[-2000:] if fut.traceback() else ""

@@ -6,7 +6,7 @@ import importlib
 import logging
 
 from mmdata.config import ConfigError, Pipeline
-from mmdata.engine import Report, StageFailed, cluster
+from mmdata.engine import Report, StageFailed, client_for
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def run(pipeline: Pipeline, stages: list[str] | None = None, *, overwrite: bool 
         stage_module(name)
         pipeline.section(name)
     reports = []
-    with cluster(pipeline.engine) as client:
+    with client_for(pipeline.engine) as client:
         for name in names:
             report = run_one(pipeline, name, client=client, overwrite=overwrite)
             reports.append(report)

@@ -180,7 +180,7 @@ class TarSink:
     def _write(self, data: bytes) -> None:
         if self._hash is not None:
             self._hash.update(data)
-        self._file.file.write(data)
+        self._file.write(data)
         self.size += len(data)
 
     def write(self, sample: dict) -> None:

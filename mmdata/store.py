@@ -4,7 +4,8 @@ A shard set is a folder of `{id}.tar` + `{id}.parquet` + `{id}_stats.json`. Late
 rewrite it: each writes `{workdir}/{stage}/{id}.parquet` (a `key` column plus its own columns) and
 `{id}_stats.json`. `table()` joins them; sidecar columns come back prefixed with their stage
 (`filter.lang`, `clip.score`), so two stages can never clobber each other's columns. A stage that
-decides writes `drop_reason` (null when it keeps the record); `kept()` applies every decision.
+decides writes `drop_reason` (null when it keeps the record); `mmdata.decisions.kept` applies every
+decision (re-exported here as `kept`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ import pandas as pd
 
 from mmdata import fsio, samples
 from mmdata.config import ConfigError
-from mmdata.engine import Shard, finished
+from mmdata.decisions import kept
+from mmdata.engine import Shard, finished, in_progress
+
+__all__ = ["ShardFiles", "ShardSet", "kept", "table"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,8 @@ class ShardSet:
 
     def require(self, stage: str) -> list[Shard[ShardFiles]]:
         """The finished shards `stage` reads; none is a recipe problem, said in one line."""
+        if why := in_progress(self.url):
+            raise ConfigError(f"{stage}: {self.url} is incomplete ({why}); rerun the stage that writes it first")
         shards = self.shards()
         if not shards:
             raise ConfigError(f"{stage}: no finished shards under {self.url} (run the stage that writes them first, "
@@ -72,12 +78,3 @@ def table(base: ShardSet, shard_id: str, stage_dirs: dict[str, str]) -> pd.DataF
         side = side.rename(columns={c: f"{stage}.{c}" for c in side.columns if c != "key"})
         df = df.merge(side, on="key", how="left", validate="one_to_one")
     return df
-
-
-def kept(df: pd.DataFrame) -> pd.Series:
-    """True where the record was fetched and no stage's decision dropped it."""
-    keep = df["status"].eq("success")
-    for col in df.columns:
-        if col.endswith(".drop_reason"):
-            keep &= df[col].isna()
-    return keep

@@ -227,7 +227,7 @@ def test_tiny_clip_separates_mismatched_captions_and_top_fraction_drops_them(sco
     d = json.loads((Path(pipe.stage_dir("clipscore")) / "_decision.json").read_text())
     assert d["rule"] == "top_fraction" and d["pool"] == len(scored_)
     keep = scored_["clip.drop_reason"].isna()
-    assert keep.sum() == math.ceil(0.5 * len(scored_)) == d["kept"]
+    assert keep.sum() == math.ceil(0.5 * len(scored_)) == report.funnel["kept"]
     assert scored_.loc[keep, "clip.score"].min() == pytest.approx(d["threshold"])
     assert (scored_.loc[~keep, "clip.drop_reason"] == "low_clip_score").all()
     assert (scored_.loc[~keep, "clip.score"] < d["threshold"]).all()
@@ -241,7 +241,7 @@ def test_embeddings_are_saved_with_their_keys(scored):
     out = Path(pipe.stage_dir("clipscore"))
     for sid in ShardSet(pipe.download.output).ids():
         side = fsio.read_parquet(str(out / f"{sid}.parquet"))
-        with np.load(out / f"{sid}.emb.npz", allow_pickle=False) as z:
+        with np.load(out / "_scores" / f"{sid}.emb.npz", allow_pickle=False) as z:
             keys, img, txt = z["key"], z["image"], z["text"]
         s = side.set_index("key").loc[keys, "score"].to_numpy()
         assert list(keys) == side.loc[side["score"].notna(), "key"].tolist()
@@ -257,7 +257,7 @@ def test_one_worker_resumed_after_a_kill_gives_the_same_result(scored, tmp_path,
     path = tmp_path / "r.yaml"
     path.write_text(json.dumps(recipe(work, downloaded, tiny_clip, top_fraction=0.5, batch_size=4, decode_threads=1,
                                       overlap_decode=True).model_dump(mode="json", exclude_none=True)))
-    out = work / "clipscore"
+    out = work / "clipscore" / "_scores"  # the scoring pass, shard by shard
     ids = ShardSet(pipe2.download.output).ids()
     proc = subprocess.Popen([sys.executable, "-m", "mmdata", "clipscore", "-c", str(path), "--workers", "1"],
                             cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -289,16 +289,17 @@ def test_changing_the_rule_redecides_without_rescoring(scored, tmp_path, client)
     pipe, _ = scored
     work = tmp_path / "w"
     shutil.copytree(pipe.stage_dir("clipscore"), work / "clipscore")
-    stats = {p.name: p.read_bytes() for p in (work / "clipscore").glob("*_stats.json")}
+    stats = {p.name: p.read_bytes() for p in (work / "clipscore" / "_scores").glob("*_stats.json")}
     again = Pipeline(workdir=str(work), engine={"progress": False}, download=pipe.download,
                      clipscore={**pipe.clipscore.model_dump(), "top_fraction": None, "threshold": 0.3})
     report = clipscore.run(again, client=client)
-    assert not report.done and len(report.skipped) == len(stats)
-    assert {p.name: p.read_bytes() for p in (work / "clipscore").glob("*_stats.json")} == stats
+    assert not report.scoring.done and len(report.scoring.skipped) == len(stats)
+    assert {p.name: p.read_bytes() for p in (work / "clipscore" / "_scores").glob("*_stats.json")} == stats
+    assert len(report.done) == len(stats)  # every shard's decisions written again
     df = sidecars(again)
     s = df["score"].notna()
     assert (df.loc[s, "drop_reason"].eq("low_clip_score") == (df.loc[s, "score"] < 0.3)).all()
-    assert report.decision["rule"] == "threshold" and report.decision["threshold"] == 0.3
+    assert report.step["rule"] == "threshold" and report.step["threshold"] == 0.3
 
 
 # ---------------------------------------------------------------------------------------------
@@ -343,13 +344,15 @@ def test_every_record_has_one_outcome_and_synthetic_captions_are_scored(tmp_path
     assert side["score"].notna().tolist() == [True, True, False, False, False, False]
     assert side["synthetic_score"].notna().tolist() == [True, False, False, False, False, False]
     assert side.loc["000000003", "error_message"]
-    with np.load(tmp_path / "clipscore" / "00000.emb.npz") as z:
+    with np.load(tmp_path / "clipscore" / "_scores" / "00000.emb.npz") as z:
         assert z["key"].tolist() == ["000000000", "000000001"]
         syn = z["synthetic_text"].astype(np.float32)
         assert not np.isnan(syn[0]).any() and np.isnan(syn[1]).all()
         assert mclip.cosine(z["image"][:1].astype(np.float32), syn[:1])[0] == pytest.approx(
             side.loc["000000000", "synthetic_score"], abs=3e-3)
-    assert report.totals()["count"] == len(rows)
+    assert report.scoring.totals()["count"] == len(rows)
+    assert report.funnel == {"stage": "clipscore", "records": 5, "kept": 2, "dropped": [
+        ["no_caption", 1], ["undecodable_image", 1], ["missing_image", 1]]}
 
 
 def test_pool_after_takes_the_quantile_over_what_earlier_stages_kept(scored, tmp_path, client):
@@ -365,7 +368,7 @@ def test_pool_after_takes_the_quantile_over_what_earlier_stages_kept(scored, tmp
             {"key": keys, "drop_reason": [("duplicate" if int(k) % 3 == 0 else None) for k in keys]}))
     again = Pipeline(workdir=str(work), engine={"progress": False}, download=pipe.download,
                      clipscore={**pipe.clipscore.model_dump(), "top_fraction": 0.25, "pool_after": ["dedup"]})
-    d = clipscore.run(again, client=client).decision
+    d = clipscore.run(again, client=client).step
     df = sidecars(again)
     pool = df[df["score"].notna() & (df["key"].astype(int) % 3 != 0)]["score"].to_numpy()
     k = math.ceil(0.25 * len(pool))

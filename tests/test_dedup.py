@@ -96,9 +96,9 @@ def decisions(pipe: Pipeline) -> dict:
 
 def test_rules_reasons_and_keep_list(tmp_path, source, client):
     pipe = recipe(tmp_path / "w", source)
-    filt.run(pipe, client=client, echo=lambda *_: None)
-    lines = []
-    report = dedup.run(pipe, client=client, echo=lines.append)
+    filt.run(pipe, client=client)
+    report = dedup.run(pipe, client=client)
+    lines = report.summary().splitlines()
     assert report.ok and len(report.done) == 3
     assert decisions(pipe) == EXPECTED
     out = Path(pipe.stage_dir("dedup"))
@@ -107,18 +107,19 @@ def test_rules_reasons_and_keep_list(tmp_path, source, client):
     assert not side.set_index("key").at["000020004", "considered"]  # dropped by filter: not a candidate
     keep = pd.read_parquet(out / "_keep.parquet")
     assert list(keep["key"]) == ["000000000", "000000001", "000000003", "000010004", "000020005"]
-    funnel = json.loads((out / "_funnel.json").read_text())
-    assert funnel == {"input": 14, "eval_set": 2, "duplicate_url_of": 1, "duplicate_pair_of": 1,
-                      "duplicate_image_of": 1, "near_duplicate_of": 4, "kept": 5}
+    funnel = json.loads((out / "_funnel.json").read_text())  # the records that were in the running
+    assert funnel == {"stage": "dedup", "records": 14, "kept": 5, "dropped": [
+        ["eval_set_sha256", 1], ["eval_set_phash", 1], ["duplicate_url_of", 1], ["duplicate_pair_of", 1],
+        ["duplicate_image_of", 1], ["near_duplicate_of", 4]]}
     assert any("near_duplicate_of" in line for line in lines)
     # resume: nothing recomputed, nothing rewritten
-    again = dedup.run(pipe, client=client, echo=lambda *_: None)
+    again = dedup.run(pipe, client=client)
     assert again.skipped == ["00000", "00001", "00002"] and not again.done
 
 
 def test_same_result_with_1_or_4_workers_and_shards_in_another_order(tmp_path, source, client):
     base = recipe(tmp_path / "base", source)
-    filt.run(base, client=client, echo=lambda *_: None)
+    filt.run(base, client=client)
     # the same records under shard ids that sort the other way round
     renamed = tmp_path / "renamed"
     renamed.mkdir()
@@ -129,10 +130,10 @@ def test_same_result_with_1_or_4_workers_and_shards_in_another_order(tmp_path, s
     for workers, shards in ((1, None), (4, None), (4, renamed)):
         pipe = recipe(tmp_path / f"w{workers}{'r' if shards else ''}", source, shards, n_workers=workers, processes=False)
         if shards:
-            filt.run(pipe, echo=lambda *_: None)
+            filt.run(pipe)
         else:
             shutil.copytree(base.stage_dir("filter"), pipe.stage_dir("filter"))
-        dedup.run(pipe, echo=lambda *_: None)  # its own LocalCluster with that many workers
+        dedup.run(pipe)  # its own LocalCluster with that many workers
         results.append(decisions(pipe))
     assert results[0] == results[1] == results[2] == EXPECTED
 

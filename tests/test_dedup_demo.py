@@ -18,8 +18,10 @@ def prf(pred: pd.Series, true: pd.Series) -> tuple[float, float, int]:
 def test_filters_and_dedup_against_ground_truth(tmp_path, demo_corpus, downloaded, client):
     pipe = Pipeline(workdir=str(tmp_path), engine={"progress": False}, download=downloaded.download,
                     filter={}, dedup={})
-    assert filt.run(pipe, client=client, echo=print).ok
-    assert dedup.run(pipe, client=client, echo=print).ok
+    for stage in (filt, dedup):
+        report = stage.run(pipe, client=client)
+        print(report.summary())
+        assert report.ok
     ds = ShardSet(downloaded.download.output)
     df = pd.concat([table(ds, s, {"filter": pipe.stage_dir("filter"), "dedup": pipe.stage_dir("dedup")}) for s in ds.ids()],
                    ignore_index=True)

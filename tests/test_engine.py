@@ -234,7 +234,8 @@ def test_resume_refuses_shards_written_with_other_settings(tmp_path, client):
     assert map_shards(Copy(delay=0.0), shards[:2], out, CFG, client=client).ok
     # the same settings resume (and finish the third shard); other settings must not mix in silently
     assert sorted(map_shards(Copy(delay=0.0), shards, out, CFG, client=client).done) == ["00002"]
-    with pytest.raises(ConfigError, match="recipe changed since the 3 finished shards"):
+    with pytest.raises(ConfigError, match=r"copy: shard 00000 under .* was written with other settings "
+                                          r"\(delay 0.0 -> 0.001\) \(and 2 more shards\); rerun with --overwrite"):
         map_shards(Copy(delay=0.001), shards, out, CFG, client=client)
     redo = map_shards(Copy(delay=0.001), shards, out, CFG, client=client, overwrite=True)
     assert len(redo.done) == 3

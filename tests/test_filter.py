@@ -102,7 +102,7 @@ def pairs(tmp_path) -> Path:
 
 def test_measures_then_decisions_with_datacomp_defaults(tmp_path, pairs, client):
     pipe = recipe(tmp_path, pairs)
-    report = filt.run(pipe, client=client, echo=lambda *_: None)
+    report = filt.run(pipe, client=client)
     assert report.ok and len(report.done) == 2
     ds = ShardSet(str(pairs))
     df = pd.concat([table(ds, sid, {"filter": pipe.stage_dir("filter")}) for sid in ds.ids()], ignore_index=True)
@@ -138,19 +138,20 @@ def test_measures_then_decisions_with_datacomp_defaults(tmp_path, pairs, client)
     assert len(row.at["http://a/0.jpg", "filter.colour"]) == 9 * 4 * 4 * 3
     # funnel: every record once, in rule order
     funnel = json.loads((Path(pipe.stage_dir("filter")) / "_funnel.json").read_text())
-    assert list(funnel)[:4] == ["input", "not_downloaded", "undecodable", "lang_not_allowed"]
-    assert funnel["input"] == 10 and funnel["kept"] == 2
-    assert sum(v for k, v in funnel.items() if k != "input") == 10
+    assert [r for r, _ in funnel["dropped"]][:3] == ["not_downloaded", "undecodable", "lang_not_allowed"]
+    assert funnel["records"] == 10 and funnel["kept"] == 2
+    assert funnel["kept"] + sum(n for _, n in funnel["dropped"]) == 10
+    assert "filter funnel: 10 records in" in report.summary()
 
 
 def test_thresholds_come_from_the_recipe_and_rerun_resumes(tmp_path, pairs, client):
     pipe = recipe(tmp_path, pairs, min_side=100, max_aspect_ratio=4.0, drop_uninformative=True, language={"languages": ["en", "de"]})
-    filt.run(pipe, client=client, echo=lambda *_: None)
+    filt.run(pipe, client=client)
     side = pd.concat(pd.read_parquet(p) for p in sorted(Path(pipe.stage_dir("filter")).glob("0*.parquet")))
     reasons = dict(zip(side["key"], side["drop_reason"].astype(object).where(side["drop_reason"].notna(), None)))
     assert reasons["000000001"] is None and reasons["000000004"] is None and reasons["000010000"] is None
     assert reasons["000010004"] == "uninformative"
-    again = filt.run(pipe, client=client, echo=lambda *_: None)
+    again = filt.run(pipe, client=client)
     assert again.skipped == ["00000", "00001"] and not again.done
 
 

@@ -45,7 +45,7 @@ def test_demo_pages_truth_recall_order_and_decoys(demo_docs, client, tmp_path):
     # every WARC record accounted for: warcinfo + one response per page
     assert len(meta) == len(truth) + 1 and meta["key"].is_unique
     assert report.funnel["records"] == len(meta)
-    assert sum(s["count"] for s in report.funnel["steps"]) == len(meta)
+    assert report.funnel["kept"] + sum(n for _, n in report.funnel["dropped"]) == len(meta)
     outcome = dict(zip(meta["url"], meta["drop_reason"].where(meta["status"] != "success", "kept")))
     for url, t in truth.items():
         if t["lang"] != "en":

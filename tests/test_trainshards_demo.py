@@ -20,8 +20,8 @@ def test_demo_download_and_filter_to_training_shards(downloaded, client, tmp_pat
     pipe = Pipeline(workdir=str(tmp_path), seed=7, engine={"progress": False}, download=downloaded.download,
                     filter={"input": downloaded.download.output}, dedup={},
                     shards={"shard_samples": 64})
-    assert filter_stage.run(pipe, client=client, echo=lambda *_: None).ok
-    assert dedup_stage.run(pipe, client=client, echo=lambda *_: None).ok
+    assert filter_stage.run(pipe, client=client).ok
+    assert dedup_stage.run(pipe, client=client).ok
     report = stage.run(pipe, client=client)
     assert report.ok, report.summary()
     assert report.streams["captions"]["sidecars"] == ["filter", "dedup"]

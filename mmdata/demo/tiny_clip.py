@@ -192,6 +192,21 @@ def save(model, processor, tokenizer, out_dir: str | Path) -> Path:
     return out
 
 
+def untrained(corpus_dir: str | Path, out_dir: str | Path, cfg: TinyClipConfig = TinyClipConfig()) -> Path:
+    """The same model, random-initialised (seed `cfg.seed`), with the tokenizer of the corpus: seconds
+    to build, for tests whose scores need only be deterministic, not meaningful."""
+    import torch
+
+    urls = Path(corpus_dir) / "pairs" / "urls.parquet"
+    texts = list(pd.read_parquet(urls)["caption"].dropna())
+    tokenizer = build_tokenizer(texts, cfg.vocab_size, cfg.max_tokens)
+    processor = _image_processor()(size={"shortest_edge": cfg.image_size},
+                                   crop_size={"height": cfg.image_size, "width": cfg.image_size})
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, len(tokenizer)).eval()
+    return save(model, processor, tokenizer, out_dir)
+
+
 def ensure_tiny_clip(corpus_dir: str | Path, out_dir: str | Path, cfg: TinyClipConfig = TinyClipConfig(),
                      echo=log.info) -> str:
     """The tiny CLIP at `out_dir`, trained on `corpus_dir` first if it is not there yet."""

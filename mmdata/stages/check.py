@@ -86,7 +86,7 @@ def run(pipeline: Pipeline, *, client=None, overwrite: bool = False) -> Report:
     cfg = pipeline.section("check")
     shards = ShardSet(cfg.input or pipeline.output("download")).require("check")
     out = pipeline.stage_dir("check")
-    report = map_shards(Check(), shards, out, pipeline.engine, client=client, overwrite=overwrite)
+    report = map_shards(Check(), shards, out, pipeline.engine, client=client, overwrite=overwrite, root=pipeline.workdir)
     for sid in [*report.done, *report.skipped]:
         stats = report.done.get(sid) or fsio.read_json(stats_url(out, sid))
         n_bad = stats["status_dict"].get("invalid", 0)

@@ -26,16 +26,27 @@ import math
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from mmdata import fsio, samples
+from mmdata import decisions, fsio, samples
 from mmdata.config import ClipScoreConfig, Pipeline
-from mmdata.engine import Report, Shard, Stage, cluster, digest, map_shards
+from mmdata.decisions import kept
+from mmdata.engine import (
+    GlobalStep,
+    Report,
+    Shard,
+    Stage,
+    StepReport,
+    client_for,
+    map_parts,
+    map_shards,
+    run_global,
+)
 from mmdata.models.clip import cosine
-from mmdata.store import ShardSet, kept, table
+from mmdata.store import ShardSet
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +55,8 @@ BINS = 1 << 16  # histogram resolution over [-1, 1]: ~3e-5 wide, so pass 2 reads
 REASONS = {"skipped_no_caption": "no_caption", "failed_to_decode": "undecodable_image",
            "failed_to_find_image": "missing_image"}
 LOW = "low_clip_score"
+SCORES = "_scores"  # pass 1's folder under the stage's
+DECISION = "_decision.json"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -84,11 +97,10 @@ class ClipScore(Stage):
     def __init__(self, cfg: ClipScoreConfig):
         self.opts = cfg.model_dump()  # plain data: tokenizes the same on every call
 
-    def fingerprint(self) -> str:
-        # what the scores and embeddings depend on; the decision rule is a separate pass, and batch
+    def settings(self) -> dict:
+        # what the scores and embeddings depend on; the decision rule is a separate step, and batch
         # size and threads only change speed
-        o = self.opts
-        return digest({k: o[k] for k in ("input", "model", "device", "dtype", "max_tokens", "embeddings", "synthetic")})
+        return {k: self.opts[k] for k in ("input", "model", "device", "dtype", "max_tokens", "embeddings", "synthetic")}
 
     def setup(self) -> None:
         from concurrent.futures import ThreadPoolExecutor
@@ -194,7 +206,6 @@ class ClipScore(Stage):
         side = pd.DataFrame({"key": keys, "status": status, "error_message": error, "score": score})
         if has_syn:
             side["synthetic_score"] = syn_score
-        side["drop_reason"] = side["status"].map(REASONS)
         fsio.write_parquet(fsio.join(out, f"{shard.id}.parquet"), side)
         counts = Counter(side["status"])
         return {"count": n, "successes": counts.get("success", 0), "status_dict": dict(sorted(counts.items())),
@@ -213,78 +224,112 @@ def _bin(scores: np.ndarray) -> np.ndarray:
     return np.clip(((scores.astype(np.float64) + 1.0) * (BINS / 2)).astype(np.int64), 0, BINS - 1)
 
 
-def _pool_scores(out: str, sid: str, base: str | None, after: dict[str, str]) -> np.ndarray:
+@dataclass(frozen=True)
+class PoolInput:
+    """What the decision reads of one shard: its scores, and (for the `pool_after` stages) the
+    shard set's metadata and those stages' sidecars."""
+
+    scores: str
+    meta: str
+    after: tuple[tuple[str, str], ...] = ()  # (stage, its sidecar of this shard)
+
+    def files(self) -> list[str]:
+        return [self.scores, *((self.meta,) if self.after else ()), *(url for _, url in self.after)]
+
+
+def _pool_scores(shard: Shard[PoolInput]) -> np.ndarray:
     """The shard's scores that belong to the pool: scored, and kept by the `pool_after` stages."""
-    side = fsio.read_parquet(fsio.join(out, f"{sid}.parquet"), columns=["key", "score"])
-    if after:
-        t = table(ShardSet(base), sid, after)
-        side = side[side["key"].isin(set(t.loc[kept(t), "key"]))]
+    p = shard.input
+    side = fsio.read_parquet(p.scores, columns=["key", "score"])
+    if p.after:
+        t = fsio.read_parquet(p.meta)
+        for stage, url in p.after:
+            extra = fsio.read_parquet(url)
+            t = t.merge(extra.rename(columns={c: f"{stage}.{c}" for c in extra.columns if c != "key"}), on="key",
+                        how="left", validate="one_to_one")
+        side = side[side["key"].isin(set(t.loc[kept(t, [st for st, _ in p.after]), "key"]))]
     s = side["score"].to_numpy(np.float32)
     return s[~np.isnan(s)]
 
 
-def _pool_size(out, sid, base, after) -> int:
-    return len(_pool_scores(out, sid, base, after))
+def _pool_size(shard) -> int:
+    return len(_pool_scores(shard))
 
 
-def _histogram(out, sid, base, after) -> np.ndarray:
-    return np.bincount(_bin(_pool_scores(out, sid, base, after)), minlength=BINS)
+def _histogram(shard) -> np.ndarray:
+    return np.bincount(_bin(_pool_scores(shard)), minlength=BINS)
 
 
-def _in_bin(out, sid, base, after, b: int) -> np.ndarray:
-    s = _pool_scores(out, sid, base, after)
+def _in_bin(shard, b: int) -> np.ndarray:
+    s = _pool_scores(shard)
     return s[_bin(s) == b]
 
 
-def _apply(out: str, sid: str, threshold: float | None) -> dict:
-    url = fsio.join(out, f"{sid}.parquet")
-    side = fsio.read_parquet(url)
-    reason = side["status"].map(REASONS)
-    if threshold is not None:
-        reason = reason.mask(side["score"].notna() & (side["score"] < threshold), LOW)
-    side["drop_reason"] = reason.astype(object).where(reason.notna(), None)
-    fsio.write_parquet(url, side)
-    return {"count": len(side), "scored": int(side["score"].notna().sum()),
-            "dropped": {k: int(v) for k, v in side["drop_reason"].value_counts().items()}}
-
-
-def kth_largest(client, out: str, ids: list[str], k: int, base: str | None, after: dict[str, str]) -> float:
+def kth_largest(client, shards: list[Shard[PoolInput]], k: int) -> float:
     """The k-th largest pool score over all shards, exactly, reading only score columns."""
-    hists = client.gather(client.map(_histogram, [out] * len(ids), ids, base=base, after=after, pure=False))
-    counts = np.sum(hists, axis=0)
+    counts = np.sum(list(map_parts(client, _histogram, shards).values()), axis=0)
     above = np.cumsum(counts[::-1])[::-1] - counts  # scores in higher bins than each bin
     b = int(np.nonzero((above < k) & (above + counts >= k))[0][0])
-    vals = client.gather(client.map(_in_bin, [out] * len(ids), ids, base=base, after=after, b=b, pure=False))
-    vals = np.sort(np.concatenate(vals))[::-1]
+    vals = np.sort(np.concatenate(list(map_parts(client, _in_bin, shards, b).values())))[::-1]
     return float(vals[k - int(above[b]) - 1])
 
 
-def decide(client, cfg: ClipScoreConfig, out: str, ids: list[str], base: str, after: dict[str, str]) -> dict:
-    """Threshold from the recipe's rule, then every sidecar's drop_reason; returns `_decision.json`."""
-    pool = None
-    if cfg.top_fraction is not None:
-        sizes = client.gather(client.map(_pool_size, [out] * len(ids), ids, base=base, after=after, pure=False))
-        pool = int(sum(sizes))
-        k = math.ceil(cfg.top_fraction * pool - 1e-9)
-        threshold = kth_largest(client, out, ids, k, base, after) if k > 0 else None
-        rule = "top_fraction"
-    elif cfg.threshold is not None:
-        threshold, rule = float(cfg.threshold), "threshold"
-    else:
-        threshold, rule = None, "none"
-    results = client.gather(client.map(_apply, [out] * len(ids), ids, threshold=threshold, pure=False))
-    dropped = Counter()
-    for r in results:
-        dropped.update(r["dropped"])
-    records = sum(r["count"] for r in results)
-    decision = {
-        "rule": rule, "top_fraction": cfg.top_fraction, "threshold": threshold, "pool": pool,
-        "pool_after": list(after), "shards": len(ids), "records": records,
-        "scored": sum(r["scored"] for r in results), "dropped": dict(sorted(dropped.items())),
-        "kept": sum(r["scored"] for r in results) - dropped.get(LOW, 0),
-    }
-    fsio.write_json(fsio.join(out, "_decision.json"), decision)
-    return decision
+@dataclass(frozen=True)
+class Scored:
+    """What the write-back reads for one shard: its scores and the pool-wide decision."""
+
+    scores: str
+    decision: str
+
+
+class ApplyDecision(Stage):
+    """Each shard's sidecar: its scores with `drop_reason` from the pool-wide threshold."""
+
+    name = "clipscore"
+    reasons = (*REASONS.values(), LOW)
+
+    def process(self, shard: Shard[Scored], out: str) -> dict:
+        side = fsio.read_parquet(shard.input.scores)
+        threshold = fsio.read_json(shard.input.decision)["threshold"]
+        reason = side["status"].map(REASONS)
+        if threshold is not None:
+            reason = reason.mask(side["score"].notna() & (side["score"] < threshold), LOW)
+        side["drop_reason"] = reason.astype(object).where(reason.notna(), None)
+        fsio.write_parquet(fsio.join(out, f"{shard.id}.parquet"), side)
+        running = side[side["status"] != "skipped_not_downloaded"]  # download dropped those already
+        dropped = decisions.counts(running["drop_reason"])
+        return {"count": len(running), "successes": int(running["drop_reason"].isna().sum()),
+                "status_dict": dict(sorted(Counter(side["status"]).items())), "dropped": dropped,
+                "scored": int(side["score"].notna().sum())}
+
+
+class Decide(GlobalStep):
+    """The pool-wide threshold (`_decision.json`), then every shard's decisions."""
+
+    name = "clipscore"
+
+    def __init__(self, cfg: ClipScoreConfig):
+        self.rule = {k: getattr(cfg, k) for k in ("top_fraction", "threshold", "pool_after")}
+
+    def reduce(self, client, shards: list[Shard[PoolInput]], out: str) -> dict:
+        top, pool = self.rule["top_fraction"], None
+        if top is not None:
+            pool = int(sum(map_parts(client, _pool_size, shards).values()))
+            k = math.ceil(top * pool - 1e-9)
+            threshold = kth_largest(client, shards, k) if k > 0 else None
+            rule = "top_fraction"
+        elif self.rule["threshold"] is not None:
+            threshold, rule = float(self.rule["threshold"]), "threshold"
+        else:
+            threshold, rule = None, "none"
+        decision = {"rule": rule, "top_fraction": top, "threshold": threshold, "pool": pool,
+                    "pool_after": list(self.rule["pool_after"]), "shards": len(shards)}
+        fsio.write_json(fsio.join(out, DECISION), decision)
+        return decision
+
+    def write_back(self, shards: list[Shard[PoolInput]], out: str) -> tuple[Stage, list[Shard]]:
+        decision = fsio.join(out, DECISION)
+        return ApplyDecision(), [Shard(s.id, Scored(s.input.scores, decision)) for s in shards]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,20 +337,22 @@ def decide(client, cfg: ClipScoreConfig, out: str, ids: list[str], base: str, af
 
 
 @dataclass
-class ClipReport(Report):
-    decision: dict = field(default_factory=dict)
+class ClipReport(StepReport):
+    scoring: Report | None = None
 
     def summary(self) -> str:
-        d = self.decision
-        if not d:
-            return super().summary()
-        t = "none" if d["threshold"] is None else f"{d['threshold']:.4f}"
-        rule = d["rule"]
-        if rule == "top_fraction":
-            after = f" kept by {', '.join(d['pool_after'])}" if d["pool_after"] else ""
-            rule = f"top {d['top_fraction']:.0%} of a pool of {d['pool']}{after}"
-        return (super().summary() + f"\n  decision ({rule}): threshold {t}; {d['kept']} of {d['scored']} scored "
-                f"pass; dropped {d['dropped']}")
+        lines = [self.scoring.summary()] if self.scoring is not None else []
+        d = self.step
+        if d and self.ok:
+            t = "none" if d["threshold"] is None else f"{d['threshold']:.4f}"
+            rule = d["rule"]
+            if rule == "top_fraction":
+                after = f" kept by {', '.join(d['pool_after'])}" if d["pool_after"] else ""
+                rule = f"top {d['top_fraction']:.0%} of a pool of {d['pool']}{after}"
+            lines.append(f"  decision ({rule}): threshold {t}")
+        if self.scoring is None or self.scoring.ok:
+            lines.append(super().summary())
+        return "\n".join(lines)
 
 
 def run(pipeline: Pipeline, *, client=None, overwrite: bool = False) -> ClipReport:
@@ -313,16 +360,15 @@ def run(pipeline: Pipeline, *, client=None, overwrite: bool = False) -> ClipRepo
     source = ShardSet(cfg.input or pipeline.output("download"))
     shards = source.require("clipscore")
     out = pipeline.stage_dir("clipscore")
+    scores_dir = fsio.join(out, SCORES)
     after = {s: pipeline.stage_dir(s) for s in cfg.pool_after}
-    if client is None:
-        with cluster(pipeline.engine) as c:
-            return _run(pipeline, cfg, shards, source, out, after, c, overwrite)
-    return _run(pipeline, cfg, shards, source, out, after, client, overwrite)
-
-
-def _run(pipeline, cfg, shards, source, out, after, client, overwrite) -> ClipReport:
-    report = map_shards(ClipScore(cfg), shards, out, pipeline.engine, client=client, overwrite=overwrite)
-    result = ClipReport(**vars(report))
-    if report.ok:
-        result.decision = decide(client, cfg, out, [s.id for s in shards], source.url, after)
-    return result
+    with client_for(pipeline.engine, client) as c:
+        scoring = map_shards(ClipScore(cfg), shards, scores_dir, pipeline.engine, client=c, overwrite=overwrite,
+                             root=pipeline.workdir)
+        if not scoring.ok:
+            return ClipReport("clipscore", out, failed=dict(scoring.failed), scoring=scoring)
+        pool = [Shard(s.id, PoolInput(fsio.join(scores_dir, f"{s.id}.parquet"), s.input.meta,
+                                      tuple((st, fsio.join(d, f"{s.id}.parquet")) for st, d in after.items())))
+                for s in shards]
+        report = run_global(Decide(cfg), pool, out, pipeline.engine, client=c, overwrite=overwrite, root=pipeline.workdir)
+    return ClipReport(**vars(report), scoring=scoring)

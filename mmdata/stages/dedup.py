@@ -18,31 +18,32 @@ inside each bucket (`mmdata.phash`); candidates are then checked for colour and 
 greedy pass in key order keeps the smallest key of each cluster. Every decision depends on the set
 of records only, never on shard order or worker count.
 
-Outputs: `{id}.parquet` per shard (key, considered, drop_reason, duplicate_of) + stats,
-`_decisions.parquet` (the global result, reused when a run resumes), `_keep.parquet` (keys kept
-after download, filter and dedup) and `_funnel.json`.
+A global step of the engine (`engine.run_global`): the reduce writes `_decisions.parquet` (the
+global result, reused when a run resumes) and `_keep.parquet` (keys kept after download, filter and
+dedup); the write-back writes `{id}.parquet` per shard (key, considered, drop_reason, duplicate_of)
++ stats; `_step.json` marks the whole step done, last; `_funnel.json` counts the records that were
+in the running.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 
 import fsspec
 import numpy as np
 import pandas as pd
 
-from mmdata import fsio
+from mmdata import decisions, fsio
 from mmdata import phash as ph
 from mmdata.config import ConfigError, DedupConfig, Pipeline
-from mmdata.engine import Report, Shard, Stage, cluster, finished, map_shards
-from mmdata.stages.filter import print_funnel, save_funnel
+from mmdata.engine import GlobalStep, Report, Shard, Stage, finished, run_global
 from mmdata.store import ShardSet
 
 REASONS = {"eval_set": "eval_set", "url": "duplicate_url_of", "pair": "duplicate_pair_of",
            "image": "duplicate_image_of", "near": "near_duplicate_of"}
 EXACT = {"url": "url", "pair": "pair_hash", "image": "sha256"}
+DECISIONS = "_decisions.parquet"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,16 +242,24 @@ class DedupInput:
     filter: str | None = None
 
 
+@dataclass(frozen=True)
+class ShardDecisions:
+    """What the write-back reads for one shard: its inputs and the global decisions table."""
+
+    meta: str
+    filter: str | None
+    decisions: str
+
+
 class WriteDecisions(Stage):
     name = "dedup"
+    reasons = ("eval_set_sha256", "eval_set_phash", "duplicate_url_of", "duplicate_pair_of", "duplicate_image_of",
+               "near_duplicate_of")
 
-    def __init__(self, decisions_url: str):
-        self.decisions_url = decisions_url
-
-    def process(self, shard: Shard, out: str) -> dict:
+    def process(self, shard: Shard[ShardDecisions], out: str) -> dict:
         import pyarrow.parquet as pq
 
-        with fsspec.open(self.decisions_url, "rb") as f:
+        with fsspec.open(shard.input.decisions, "rb") as f:
             mine = pq.read_table(f, filters=[("shard", "=", shard.id)]).to_pandas()
         base = load_shard(shard.id, shard.input.meta, shard.input.filter)[["key", "alive"]]
         df = base.merge(mine[["key", "drop_reason", "duplicate_of"]], on="key", how="left", validate="one_to_one")
@@ -264,10 +273,12 @@ class WriteDecisions(Stage):
         fsio.write_parquet(fsio.join(out, f"{shard.id}.parquet"), side)
         reasons = side["drop_reason"].str.split(":").str[0]
         status = reasons.where(side["considered"], "not_considered").fillna("kept")
+        considered = side[side["considered"]]
         return {
-            "count": len(side),
-            "successes": int((side["considered"] & side["drop_reason"].isna()).sum()),
+            "count": len(considered),  # the funnel counts what was in the running
+            "successes": int(considered["drop_reason"].isna().sum()),
             "status_dict": {k: int(v) for k, v in status.value_counts().items()},
+            "dropped": decisions.counts(considered["drop_reason"].dropna()),
         }
 
 
@@ -287,53 +298,49 @@ def decisions_table(found: pd.DataFrame, shard_of: pd.Series, width: int) -> pd.
     })
 
 
-def _fingerprint(cfg: DedupConfig, ids: list[str]) -> str:
-    blob = json.dumps([cfg.model_dump(mode="json"), ids], sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()
+class Dedup(GlobalStep):
+    """The global step: every shard's records in, `_decisions.parquet` and `_keep.parquet` out,
+    then one sidecar per shard."""
+
+    name = "dedup"
+
+    def __init__(self, cfg: DedupConfig):
+        self.cfg = cfg
+
+    def reduce(self, client, shards: list[Shard[DedupInput]], out: str) -> dict:
+        import dask
+        import dask.dataframe as dd
+
+        ids = [s.id for s in shards]
+        # dask would turn every object column into strings: hash lists and thumbnails are not text
+        with dask.config.set({"dataframe.convert-string": False}):
+            ddf = dd.from_map(load_shard, ids, [s.input.meta for s in shards], [s.input.filter for s in shards])
+            ddf = client.persist(ddf)
+            found = Decider(self.cfg, client, self.cfg.partitions or len(ids)).run(ddf)
+            keys = client.compute(ddf[["key", "shard", "alive"]]).result()
+            width = max(9, len(str(int(keys["key"].max()))) if len(keys) else 9)
+            table = decisions_table(found, keys.set_index("key")["shard"], width)
+        fsio.write_parquet(fsio.join(out, DECISIONS), table)
+        kept = keys[keys["alive"] & ~keys["key"].isin(table["key"])].sort_values("key")
+        fsio.write_parquet(fsio.join(out, "_keep.parquet"), pd.DataFrame({
+            "key": kept["key"].astype(str).str.zfill(width).to_numpy(), "shard": kept["shard"].to_numpy()}))
+        counts = table["rule"].value_counts()
+        return {"considered": int(keys["alive"].sum()), "kept": len(kept),
+                "dropped": {REASONS[r]: int(counts.get(r, 0)) for r in self.cfg.rules}}
+
+    def write_back(self, shards: list[Shard[DedupInput]], out: str) -> tuple[Stage, list[Shard]]:
+        table = fsio.join(out, DECISIONS)
+        return WriteDecisions(), [Shard(s.id, ShardDecisions(s.input.meta, s.input.filter, table)) for s in shards]
 
 
-def run(pipeline: Pipeline, *, client=None, overwrite: bool = False, echo=print) -> Report:
+def run(pipeline: Pipeline, *, client=None, overwrite: bool = False) -> Report:
     cfg = pipeline.section("dedup")
-    if client is None:
-        with cluster(pipeline.engine) as c:
-            return run(pipeline, client=c, overwrite=overwrite, echo=echo)
     source = ShardSet(cfg.input or pipeline.output("download"))
     filter_dir = cfg.filter or pipeline.stage_dir("filter")
     ids = [s.id for s in source.require("dedup")]
     use_filter = bool(finished(filter_dir))
     if use_filter and (missing := sorted(set(ids) - finished(filter_dir))):
         raise ConfigError(f"dedup: filter has not finished shards {', '.join(missing[:5])} (run `filter` first)")
-    out = pipeline.stage_dir("dedup")
     shards = [Shard(i, DedupInput(source.meta(i), fsio.join(filter_dir, f"{i}.parquet") if use_filter else None)) for i in ids]
-    decisions_url, inputs_url = fsio.join(out, "_decisions.parquet"), fsio.join(out, "_inputs.json")
-    fingerprint = _fingerprint(cfg, ids) + ("+filter" if use_filter else "")
-    fresh = overwrite or not fsio.exists(decisions_url) or not fsio.exists(inputs_url) \
-        or fsio.read_json(inputs_url).get("fingerprint") != fingerprint
-    if fresh:
-        import dask
-        import dask.dataframe as dd
-
-        # dask would turn every object column into strings: hash lists and thumbnails are not text
-        with dask.config.set({"dataframe.convert-string": False}):
-            ddf = dd.from_map(load_shard, ids, [s.input.meta for s in shards], [s.input.filter for s in shards])
-            ddf = client.persist(ddf)
-            found = Decider(cfg, client, cfg.partitions or len(ids)).run(ddf)
-            keys = client.compute(ddf[["key", "shard", "alive"]]).result()
-            width = max(9, len(str(int(keys["key"].max()))) if len(keys) else 9)
-            table = decisions_table(found, keys.set_index("key")["shard"], width)
-        fsio.write_parquet(decisions_url, table)
-        kept = keys[keys["alive"] & ~keys["key"].isin(table["key"])].sort_values("key")
-        fsio.write_parquet(fsio.join(out, "_keep.parquet"), pd.DataFrame({
-            "key": kept["key"].astype(str).str.zfill(width).to_numpy(), "shard": kept["shard"].to_numpy()}))
-        counts = table["rule"].value_counts()
-        f = {"input": int(keys["alive"].sum())}
-        f.update({REASONS[r]: int(counts.get(r, 0)) for r in cfg.rules})
-        f["kept"] = len(kept)
-        save_funnel(out, f)
-        # last: its fingerprint says the decisions above are complete
-        fsio.write_json(inputs_url, {"fingerprint": fingerprint, "shards": ids})
-    report = map_shards(WriteDecisions(decisions_url), shards, out, pipeline.engine, client=client,
-                        overwrite=overwrite or fresh)
-    if report.ok:
-        print_funnel("dedup", json.loads(fsio.read_bytes(fsio.join(out, "_funnel.json"))), echo)
-    return report
+    return run_global(Dedup(cfg), shards, pipeline.stage_dir("dedup"), pipeline.engine, client=client,
+                      overwrite=overwrite, root=pipeline.workdir)

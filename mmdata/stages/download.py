@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 
 from mmdata import fsio, images, inputs, samples
 from mmdata.config import ConfigError, DownloadConfig, Pipeline
-from mmdata.engine import Report, Shard, Stage, digest, finished, map_shards, stats_url
+from mmdata.engine import Report, Shard, Stage, finished, map_shards, stats_url
 from mmdata.fetch import INVALID, Fetcher, FetchResult
 from mmdata.schema import arrow_schema
 
@@ -135,13 +135,14 @@ class InputRows:
 
 class Download(Stage):
     name = "download"
+    reasons = ()  # every non-success status is what drops a record here
 
     def __init__(self, cfg: DownloadConfig, retry_failed: bool = False):
         self.cfg = cfg
         self.retry_failed = retry_failed
 
-    def fingerprint(self) -> str:
-        return digest(self.cfg)  # not `retry_failed`: the retry pass redoes finished shards on purpose
+    def settings(self) -> DownloadConfig:
+        return self.cfg  # not `retry_failed`: the retry pass redoes finished shards on purpose
 
     def process(self, shard: Shard, out: str) -> dict:
         rows = _read_table(shard.input.url)  # arrow: integers stay integers, nulls stay null
@@ -154,7 +155,9 @@ class Download(Stage):
         carried = carried_types.names
         meta_url, tar_url = fsio.join(out, f"{shard.id}.parquet"), fsio.join(out, f"{shard.id}.tar")
         prev = None
-        if self.retry_failed and fsio.exists(stats_url(out, shard.id)) and fsio.exists(meta_url):
+        # the engine has removed this shard's stats by now; a metadata file is only ever written
+        # whole, after its tar, so one that is there is a finished attempt's
+        if self.retry_failed and fsio.exists(meta_url):
             prev = _read_table(meta_url).to_pylist()
             if len(prev) != n:
                 raise ValueError(f"shard {shard.id}: previous metadata has {len(prev)} rows, input {n}")
@@ -202,7 +205,7 @@ class Download(Stage):
             "count": n,
             "successes": counts.get("success", 0),
             "status_dict": dict(sorted(counts.items())),
-            **{s: c for s, c in counts.items() if s != "success"},
+            "dropped": {s: c for s, c in sorted(counts.items()) if s != "success"},
             "fetched": len(todo),
             "retry_failed": prev is not None,
             "bytes": fetched["bytes"],
@@ -335,11 +338,6 @@ def run(pipeline: Pipeline, *, client=None, overwrite: bool = False, retry_faile
     out = output(pipeline)
     ids = partition(cfg, out, overwrite=overwrite)
     shards = [Shard(sid, InputRows(fsio.join(out, "_inputs", f"{sid}.parquet"))) for sid in ids]
-    stage = Download(cfg, retry_failed=retry_failed)
-    if not retry_failed or overwrite:
-        return map_shards(stage, shards, out, pipeline.engine, client=client, overwrite=overwrite)
-    done = finished(out)
-    todo = [s for s in shards if s.id not in done or _has_failures(out, s.id)]
-    report = map_shards(stage, todo, out, pipeline.engine, client=client, overwrite=True)
-    report.skipped = sorted(set(report.skipped) | {s.id for s in shards if s not in todo})
-    return report
+    redo = {sid for sid in finished(out) & set(ids) if _has_failures(out, sid)} if retry_failed and not overwrite else set()
+    return map_shards(Download(cfg, retry_failed=retry_failed), shards, out, pipeline.engine, client=client,
+                      overwrite=overwrite, root=pipeline.workdir, redo=redo)

@@ -10,23 +10,23 @@ Two steps, so that a threshold change never needs the images again:
    rule in `RULES` order; null when kept.
 
 Writes `{workdir}/filter/{id}.parquet` (one row per input record, `key` + columns) and stats; the
-run saves and prints `_funnel.json` (reason -> count, in rule order). Records the download did not
+engine writes the funnel, `_funnel.json` (`mmdata.decisions`), in rule order. Records the download did not
 fetch are kept as rows with `drop_reason = not_downloaded`, so every input record is accounted for.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import re
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from mmdata import fsio, samples
+from mmdata import decisions, fsio, samples
 from mmdata.config import FilterConfig, Pipeline
-from mmdata.engine import Report, Shard, Stage, map_shards, stats_url
+from mmdata.decisions import Rule
+from mmdata.engine import Report, Shard, Stage, map_shards
 from mmdata.store import ShardSet
 
 # rule order: the funnel counts each dropped record under the first rule it fails
@@ -135,32 +135,29 @@ def measure(meta: pd.DataFrame, images: dict[str, bytes], cfg: FilterConfig) -> 
 # step 2: decide
 
 
-def failures(m: pd.DataFrame, cfg: FilterConfig) -> dict[str, pd.Series]:
-    """rule -> bool Series (True = the record fails it), every rule evaluated on every record."""
-    return {
-        "not_downloaded": ~m["downloaded"],
-        "undecodable": m["downloaded"] & m["error_message"].notna(),
-        "lang_not_allowed": _lang_not_allowed(m, cfg),
-        "too_few_words": m["n_words"] < cfg.min_words,
-        "too_few_chars": m["n_chars"] < cfg.min_chars,
-        "too_small": (m["min_side"] < cfg.min_side).fillna(False).astype(bool),
-        "extreme_aspect": (m["aspect"] > cfg.max_aspect_ratio).fillna(False).astype(bool),
-        "uninformative": (m["uninformative"] >= cfg.uninformative_threshold) & cfg.drop_uninformative,
-    }
-
-
-def _lang_not_allowed(m: pd.DataFrame, cfg: FilterConfig) -> pd.Series:
+def rules(cfg: FilterConfig) -> list[Rule]:
+    """The thresholds as rules over the measurement columns, in RULES order."""
     want = cfg.language
-    wrong = pd.Series(False, index=m.index) if want.languages is None else ~m["lang"].isin(want.languages).fillna(False).astype(bool)
-    return wrong | (m["lang_score"] < want.min_score)
+
+    def lang_not_allowed(m: pd.DataFrame) -> pd.Series:
+        wrong = False if want.languages is None else ~m["lang"].isin(want.languages).fillna(False).astype(bool)
+        return wrong | (m["lang_score"] < want.min_score)
+
+    return [
+        Rule("not_downloaded", lambda m: ~m["downloaded"]),
+        Rule("undecodable", lambda m: m["downloaded"] & m["error_message"].notna()),
+        Rule("lang_not_allowed", lang_not_allowed),
+        Rule("too_few_words", lambda m: m["n_words"] < cfg.min_words),
+        Rule("too_few_chars", lambda m: m["n_chars"] < cfg.min_chars),
+        Rule("too_small", lambda m: m["min_side"] < cfg.min_side),
+        Rule("extreme_aspect", lambda m: m["aspect"] > cfg.max_aspect_ratio),
+        Rule("uninformative", lambda m: (m["uninformative"] >= cfg.uninformative_threshold) & cfg.drop_uninformative),
+    ]
 
 
 def decide(m: pd.DataFrame, cfg: FilterConfig) -> pd.Series:
     """drop_reason per record: the first failing rule in RULES order, null when kept."""
-    reason = pd.Series(pd.NA, index=m.index, dtype="string")
-    for rule, fails in failures(m, cfg).items():
-        reason = reason.mask(reason.isna() & fails.to_numpy(dtype=bool), rule)
-    return reason
+    return decisions.decide(m, rules(cfg)).astype("string")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,9 +166,13 @@ def decide(m: pd.DataFrame, cfg: FilterConfig) -> pd.Series:
 
 class Filter(Stage):
     name = "filter"
+    reasons = RULES
 
     def __init__(self, cfg: FilterConfig):
         self.cfg = cfg
+
+    def settings(self) -> FilterConfig:
+        return self.cfg
 
     def setup(self) -> None:
         from mmdata import langid
@@ -188,53 +189,13 @@ class Filter(Stage):
         m = measure(meta, images, self.cfg)
         m["drop_reason"] = decide(m, self.cfg)
         fsio.write_parquet(fsio.join(out, f"{shard.id}.parquet"), m)
-        counts = m["drop_reason"].fillna("kept").value_counts()
-        return {
-            "count": len(m),
-            "successes": int(m["drop_reason"].isna().sum()),
-            "status_dict": {k: int(v) for k, v in counts.items()},
-        }
+        dropped = decisions.counts(m["drop_reason"].dropna())
+        kept = int(m["drop_reason"].isna().sum())
+        return {"count": len(m), "successes": kept, "status_dict": {**dropped, "kept": kept}, "dropped": dropped}
 
 
-def funnel(out: str, ids: list[str], rules=RULES) -> dict:
-    """reason -> count over every shard, in rule order, from the shards' stats files."""
-    totals: dict[str, int] = {}
-    n = 0
-    for sid in ids:
-        stats = fsio.read_json(stats_url(out, sid))
-        n += stats["count"]
-        for k, v in stats["status_dict"].items():
-            totals[k] = totals.get(k, 0) + v
-    ordered = {"input": n}
-    ordered.update({r: totals.pop(r, 0) for r in rules})
-    ordered.update(sorted((k, v) for k, v in totals.items() if k != "kept"))
-    ordered["kept"] = totals.get("kept", 0)
-    return ordered
-
-
-def save_funnel(out: str, f: dict) -> None:
-    # not write_json: it sorts keys, and a funnel's order is the point
-    fsio.atomic_write(fsio.join(out, "_funnel.json"), json.dumps(f, indent=1).encode())
-
-
-def print_funnel(name: str, f: dict, echo=print) -> None:
-    left = f["input"]
-    echo(f"{name} funnel: {left} records in")
-    for reason, n in f.items():
-        if reason in ("input", "kept") or not n:
-            continue
-        left -= n
-        echo(f"  - {reason:<28} {n:>9}  -> {left}")
-    echo(f"  = kept {f['kept']}")
-
-
-def run(pipeline: Pipeline, *, client=None, overwrite: bool = False, echo=print) -> Report:
+def run(pipeline: Pipeline, *, client=None, overwrite: bool = False) -> Report:
     cfg = pipeline.section("filter")
     shards = ShardSet(cfg.input or pipeline.output("download")).require("filter")
-    out = pipeline.stage_dir("filter")
-    report = map_shards(Filter(cfg), shards, out, pipeline.engine, client=client, overwrite=overwrite)
-    if report.ok:
-        f = funnel(out, [s.id for s in shards])
-        save_funnel(out, f)
-        print_funnel("filter", f, echo)
-    return report
+    return map_shards(Filter(cfg), shards, pipeline.stage_dir("filter"), pipeline.engine, client=client,
+                      overwrite=overwrite, root=pipeline.workdir)

@@ -1,26 +1,27 @@
 """`interleaved`: image-text documents (OBELICS-style) from WARC files, saved HTML or page URLs.
 
-Three passes, each resumable on its own done-markers:
+Map -> reduce -> write back, on the engine (`engine.map_shards`, then `engine.run_global`):
 
-1. **measure** (Dask, one task per input shard) -> `{out}/_measure/{id}.parquet`: every input
-   record as a row (its read status), the extracted slots, the paragraph and image-URL rule
-   decisions, document measures and the filter decision (`drop_reason`), and for the candidates
-   the keys the global step needs: MinHash band hashes, image-URL hashes, (domain, paragraph)
-   hashes.
-2. **dedup** (global) -> `{out}/_dedup/{id}.parquet` + `_dedup/_done.json`: same URL / same image
-   set (newest kept), MinHash-LSH near-duplicates over the whole corpus, then, over the surviving
-   documents, image URLs seen more than `max_image_url_count` times and paragraphs seen more than
-   `max_paragraph_count` times within a domain (removed from the documents).
-3. **write** (Dask) -> `{out}/{id}.tar|.parquet|_stats.json`: images fetched through
-   `mmdata.fetch` (politeness, SSRF guard, opt-out) and verified/resized by `mmdata.images`, size
-   and aspect rules, one sample per kept document (`{key}.json` + `{key}.{i}.jpg`), one parquet row
-   per input record. Then `_funnel.json`: records per outcome, in pipeline order.
+1. **measure** (one task per input shard) -> `{out}/_measure/{id}.parquet`: every input record as
+   a row (its read status), the extracted slots, the paragraph and image-URL rule decisions,
+   document measures and the filter decision (`drop_reason`), and for the candidates the keys the
+   global step needs: MinHash band hashes, image-URL hashes, (domain, paragraph) hashes.
+2. **dedup** (the reduce) -> `{out}/_dedup/_decisions.parquet` + `_banned.npz`: same URL / same
+   image set (newest kept), MinHash-LSH near-duplicates over the whole corpus, then, over the
+   surviving documents, image URLs seen more than `max_image_url_count` times and paragraphs seen
+   more than `max_paragraph_count` times within a domain (removed from the documents).
+3. **write** (the write-back, per shard) -> `{out}/{id}.tar|.parquet|_stats.json`: images fetched
+   through `mmdata.fetch` (politeness, SSRF guard, opt-out) and verified/resized by
+   `mmdata.images`, size and aspect rules, one sample per kept document (`{key}.json` +
+   `{key}.{i}.jpg`), one parquet row per input record. `{out}/_step.json` marks the whole stage
+   done, last; the engine writes `_funnel.json` (records per outcome, in pipeline order).
 
 The text-only stream (`mmdata.stages.text`) reuses passes 1-3 with its own measure and writer.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from collections import Counter
@@ -28,15 +29,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+import fsspec
 import numpy as np
 import pandas as pd
 import xxhash
 
-from mmdata import fsio, samples, warc
+from mmdata import decisions, fsio, samples, warc
 from mmdata import html as htmlmod
 from mmdata import textfilters as tf
 from mmdata.config import ExtractConfig, InterleavedConfig, Pipeline
-from mmdata.engine import Report, Shard, Stage, StageFailed, cluster, digest, map_shards
+from mmdata.engine import GlobalStep, Report, Shard, Stage, StepReport, client_for, map_shards, run_global
 from mmdata.minhash import ALGORITHM as MINHASH_ALGORITHM
 from mmdata.minhash import MinHasher, clusters
 
@@ -44,6 +46,13 @@ SCHEMA_VERSION = 1
 WARC_EXT = (".warc", ".warc.gz", ".arc", ".arc.gz")
 HTML_EXT = (".html", ".htm", ".html.gz", ".htm.gz", ".xhtml")
 URLS_EXT = (".txt", ".lst", ".parquet", ".csv", ".jsonl", ".jsonl.gz", ".txt.gz")
+# reasons in the order a record meets them, for the funnel
+FUNNEL_ORDER = (
+    "failed_to_read", "failed_truncated", "skipped_warc", "skipped_too_large", "skipped_not_http", "skipped_http_status", "skipped_not_html",
+    "failed_to_decode", "failed_to_download", "skipped", "failed_to_extract", "empty_page", "lang", "paragraph", "doc",
+    "text", "too_few_images", "too_many_images", "duplicate_url_of", "duplicate_images_of", "near_duplicate_of",
+    "no_image_downloaded", "success",
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,9 +168,9 @@ class Measure(Stage):
     def __init__(self, cfg):
         self.cfg = cfg
 
-    def fingerprint(self) -> str:
+    def settings(self) -> dict:
         # band hashes stored by another MinHash algorithm never match this one's: redo, not mix
-        return digest({**self.__dict__, "minhash": MINHASH_ALGORITHM})
+        return {**self.__dict__, "minhash": MINHASH_ALGORITHM}
 
     def setup(self) -> None:
         self.rules = rules(self.cfg.extract)
@@ -299,26 +308,19 @@ def _sum_counts(parts: list[tuple[np.ndarray, np.ndarray]], limit: int) -> np.nd
     return uniq[total > limit]
 
 
-def _write_decisions(url: str, out: str, decisions: dict[str, str], banned_images, banned_paras) -> int:
-    df = fsio.read_parquet(url)
-    rows = []
-    for row in df.to_dict("records"):
-        key = row["key"]
-        r = {"key": key, "drop_reason": decisions.get(key), "drop_images": None, "drop_paragraphs": None}
-        if row.get("image_keys") is not None:
-            k = _from_u64(row["image_keys"])
-            r["drop_images"] = _u64(k[np.isin(k, banned_images)])
-        if row.get("para_keys") is not None:
-            k = _from_u64(row["para_keys"])
-            r["drop_paragraphs"] = _u64(k[np.isin(k, banned_paras)])
-        rows.append(r)
-    fsio.write_parquet(out, pd.DataFrame(rows, columns=["key", "drop_reason", "drop_images", "drop_paragraphs"]))
-    return len(rows)
+DECISIONS = "_dedup/_decisions.parquet"  # key, shard, drop_reason of every deduplicated document
+BANNED = "_dedup/_banned.npz"  # image-URL and (domain, paragraph) keys seen too often
 
 
-def global_dedup(client, measure_dir: str, dedup_dir: str, ids: list[str], cfg) -> dict:
-    """Corpus-wide decisions, written as one sidecar per shard and `_done.json` last."""
-    urls = [fsio.join(measure_dir, f"{i}.parquet") for i in ids]
+@dataclass(frozen=True)
+class MeasureFile:
+    url: str  # `_measure/{id}.parquet`
+
+
+def global_dedup(client, shards: list[Shard[MeasureFile]], out: str, cfg) -> dict:
+    """Corpus-wide decisions over the measured shards: `_dedup/_decisions.parquet` and `_banned.npz`."""
+    urls = [s.input.url for s in shards]
+    ids = [s.id for s in shards]
     parts = client.gather(client.map(_candidates, urls, ids, pure=False))
     df = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["key", "url", "date", "image_set", "bands", "shard"])
     # priority: newest first (OBELICS keeps the newest copy), then input order
@@ -341,7 +343,6 @@ def global_dedup(client, measure_dir: str, dedup_dir: str, ids: list[str], cfg) 
             rep = clusters(bands)
             dup = rep != np.arange(len(live))
             reason.iloc[live[dup]] = ["near_duplicate_of:" + k for k in df["key"].iloc[live[rep[dup]]]]
-    decisions = {k: r for k, r in zip(df["key"], reason) if r is not None}
     keep = set(df.loc[reason.isna(), "key"])
     banned_images = banned_paras = np.zeros(0, np.uint64)
     keep_f = client.scatter(keep, broadcast=True)
@@ -351,19 +352,20 @@ def global_dedup(client, measure_dir: str, dedup_dir: str, ids: list[str], cfg) 
     if cfg.max_paragraph_count is not None:
         banned_paras = _sum_counts(client.gather(client.map(_counts, urls, keep=keep_f, col="para_keys", pure=False)),
                                    cfg.max_paragraph_count)
-    outs = [fsio.join(dedup_dir, f"{i}.parquet") for i in ids]
-    client.gather(client.map(_write_decisions, urls, outs, decisions=decisions, banned_images=banned_images,
-                             banned_paras=banned_paras, pure=False))
-    summary = {
-        "shards": ids,
+    hit = reason.notna().to_numpy()
+    fsio.write_parquet(fsio.join(out, DECISIONS), pd.DataFrame(
+        {"key": df["key"][hit].astype(str).to_numpy(), "shard": df["shard"][hit].astype(str).to_numpy(),
+         "drop_reason": reason[hit].astype(str).to_numpy()}))
+    buf = io.BytesIO()
+    np.savez(buf, images=banned_images, paragraphs=banned_paras)
+    fsio.atomic_write(fsio.join(out, BANNED), buf.getvalue())
+    return {
         "candidates": len(df),
         "kept": len(keep),
-        "dropped": dict(Counter(r.split(":")[0] for r in decisions.values())),
+        "dropped": decisions.counts(reason[hit]),
         "banned_image_urls": len(banned_images),
         "banned_paragraphs": len(banned_paras),
     }
-    fsio.write_json(fsio.join(dedup_dir, "_done.json"), summary)
-    return summary
 
 
 # ---------------------------------------------------------------------------------------------
@@ -382,24 +384,41 @@ class Outcome:
 
 @dataclass(frozen=True)
 class DocumentDecisions:
-    """What the write pass reads of one shard: its measure rows and its dedup decisions."""
+    """What the write pass reads of one shard: its measure rows and the corpus-wide decisions."""
 
     measure: str
-    dedup: str
+    decisions: str
+    banned: str
+
+
+def shard_decisions(p: DocumentDecisions, shard_id: str, df: pd.DataFrame) -> pd.DataFrame:
+    """Per measured row: `dedup_reason`, and the image-URL / paragraph keys to remove from it."""
+    import pyarrow.parquet as pq
+
+    with fsspec.open(p.decisions, "rb") as f:
+        mine = pq.read_table(f, filters=[("shard", "=", shard_id)]).to_pandas()
+    reasons = dict(zip(mine["key"], mine["drop_reason"]))
+    with fsspec.open(p.banned, "rb") as f, np.load(f) as z:
+        images, paras = z["images"], z["paragraphs"]
+    out = pd.DataFrame({"key": df["key"], "dedup_reason": [reasons.get(k) for k in df["key"]]})
+    for col, src, banned in (("drop_images", "image_keys", images), ("drop_paragraphs", "para_keys", paras)):
+        vals = df[src] if src in df.columns else [None] * len(df)
+        out[col] = [None if v is None else _u64(_from_u64(v)[np.isin(_from_u64(v), banned)]) for v in vals]
+    return out
 
 
 class WriteDocuments(Stage):
     """Per shard: apply the dedup decisions, fetch the images, write the document shard."""
 
     name = "interleaved"
+    reasons = FUNNEL_ORDER
 
     def __init__(self, cfg):
         self.cfg = cfg
 
     def process(self, shard: Shard, out: str) -> dict:
         df = fsio.read_parquet(shard.input.measure)
-        dec = fsio.read_parquet(shard.input.dedup).rename(columns={"drop_reason": "dedup_reason"})
-        df = df.merge(dec, on="key", how="left", validate="one_to_one")
+        df = df.merge(shard_decisions(shard.input, shard.id, df), on="key", how="left", validate="one_to_one")
         todo, outcomes = [], {}
         for row in df.to_dict("records"):
             row = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()}
@@ -428,10 +447,10 @@ class WriteDocuments(Stage):
         for col in sorted({c for o in outcomes.values() for c in o.extra}):
             meta[col] = [outcomes[k].extra.get(col) for k in meta["key"]]
         fsio.write_parquet(fsio.join(out, f"{shard.id}.parquet"), meta)
-        tally = Counter((o.drop_reason or o.status).split(":")[0] for o in outcomes.values())
-        kept = sum(o.status == "success" for o in outcomes.values())
-        return {"count": len(meta), "successes": kept, "status_dict": dict(tally),
-                "bytes": info.bytes if info else 0}
+        tally = Counter(decisions.code(o.drop_reason or o.status) for o in outcomes.values())
+        kept = tally.pop("success", 0)
+        return {"count": len(meta), "successes": kept, "status_dict": {**tally, "success": kept},
+                "dropped": dict(tally), "bytes": info.bytes if info else 0}
 
     meta_columns = ("key", "url", "domain", "date", "source", "title", "lang", "lang_score", "n_images",
                     "n_paragraphs", "removed", "doc_words", "doc_stopwords", "doc_word_repetition")
@@ -516,66 +535,50 @@ class WriteDocuments(Stage):
 # ---------------------------------------------------------------------------------------------
 # the three passes, resumable
 
-# reasons in the order a record meets them, for the funnel
-FUNNEL_ORDER = (
-    "failed_to_read", "failed_truncated", "skipped_warc", "skipped_too_large", "skipped_not_http", "skipped_http_status", "skipped_not_html",
-    "failed_to_decode", "failed_to_download", "skipped", "failed_to_extract", "empty_page", "lang", "paragraph", "doc",
-    "text", "too_few_images", "too_many_images", "duplicate_url_of", "duplicate_images_of", "near_duplicate_of",
-    "no_image_downloaded", "success",
-)
 
 
-def _rank(reason: str) -> tuple[int, str]:
-    for i, prefix in enumerate(FUNNEL_ORDER):
-        if reason.startswith(prefix):
-            return i, reason
-    return len(FUNNEL_ORDER) - 1, reason
+class DocDedup(GlobalStep):
+    """Corpus-wide document dedup over the measured shards, then each shard's documents written."""
 
+    def __init__(self, name: str, cfg, write: Stage):
+        self.name, self.cfg, self.write = name, cfg, write
 
-def funnel(out: str, ids: list[str]) -> dict:
-    counts: Counter = Counter()
-    for sid in ids:
-        df = fsio.read_parquet(fsio.join(out, f"{sid}.parquet"), columns=["status", "drop_reason"])
-        for status, reason in zip(df["status"], df["drop_reason"]):
-            counts[(reason.split(":")[0] if isinstance(reason, str) else status)] += 1
-    steps = [{"outcome": k, "count": n} for k, n in sorted(counts.items(), key=lambda kv: _rank(kv[0]))]
-    result = {"records": sum(counts.values()), "kept": counts.get("success", 0), "steps": steps}
-    fsio.write_json(fsio.join(out, "_funnel.json"), result)
-    return result
+    def settings(self) -> dict:
+        return {"dedup": self.cfg.dedup}
+
+    def reduce(self, client, shards: list[Shard[MeasureFile]], out: str) -> dict:
+        return global_dedup(client, shards, out, self.cfg.dedup)
+
+    def write_back(self, shards: list[Shard[MeasureFile]], out: str) -> tuple[Stage, list[Shard]]:
+        dec, banned = fsio.join(out, DECISIONS), fsio.join(out, BANNED)
+        return self.write, [Shard(s.id, DocumentDecisions(s.input.url, dec, banned)) for s in shards]
 
 
 @dataclass
-class DocReport(Report):
-    funnel: dict = field(default_factory=dict)
-    dedup: dict = field(default_factory=dict)
+class DocReport(StepReport):
+    measure: Report | None = None
 
     def summary(self) -> str:
-        lines = [super().summary(), f"  funnel ({self.funnel.get('records', 0)} records):"]
-        lines += [f"    {s['outcome']:<32} {s['count']:>8}" for s in self.funnel.get("steps", [])]
+        lines = [self.measure.summary()] if self.measure is not None else []
+        if self.measure is None or self.measure.ok:
+            lines.append(super().summary())
         return "\n".join(lines)
 
 
 def run_passes(pipeline: Pipeline, name: str, cfg, measure: Stage, write: Stage, *, client=None,
                overwrite: bool = False) -> DocReport:
-    if client is None:
-        with cluster(pipeline.engine) as c:
-            return run_passes(pipeline, name, cfg, measure, write, client=c, overwrite=overwrite)
+    """measure (per shard) -> corpus-wide dedup (reduce) -> write documents (per shard)."""
     out = pipeline.stage_dir(name)
-    mdir, ddir = fsio.join(out, "_measure"), fsio.join(out, "_dedup")
+    mdir = fsio.join(out, "_measure")
     shards = input_shards(cfg)
-    ids = [s.id for s in shards]
-    first = map_shards(measure, shards, mdir, pipeline.engine, client=client, overwrite=overwrite)
-    if not first.ok:
-        raise StageFailed(first)
-    done = fsio.join(ddir, "_done.json")
-    redo = overwrite or bool(first.done) or not fsio.exists(done) or fsio.read_json(done).get("shards") != ids
-    dedup = global_dedup(client, mdir, ddir, ids, cfg.dedup) if redo else fsio.read_json(done)
-    final = [Shard(i, DocumentDecisions(fsio.join(mdir, f"{i}.parquet"), fsio.join(ddir, f"{i}.parquet"))) for i in ids]
-    report = map_shards(write, final, out, pipeline.engine, client=client, overwrite=overwrite or redo)
-    result = DocReport(**vars(report), dedup=dedup)
-    if report.ok:
-        result.funnel = funnel(out, ids)
-    return result
+    with client_for(pipeline.engine, client) as c:
+        first = map_shards(measure, shards, mdir, pipeline.engine, client=c, overwrite=overwrite, root=pipeline.workdir)
+        if not first.ok:
+            return DocReport(name, out, failed=dict(first.failed), measure=first)
+        measured = [Shard(s.id, MeasureFile(fsio.join(mdir, f"{s.id}.parquet"))) for s in shards]
+        report = run_global(DocDedup(name, cfg, write), measured, out, pipeline.engine, client=c, overwrite=overwrite,
+                            root=pipeline.workdir)
+    return DocReport(**vars(report), measure=first)
 
 
 def run(pipeline: Pipeline, *, client=None, overwrite: bool = False) -> Report:

@@ -23,7 +23,6 @@ computable on its own.
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import json
 import math
@@ -34,11 +33,22 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mmdata import fsio, samples, tar
+from mmdata import decisions, fsio, samples, tar
 from mmdata import manifest as mf
 from mmdata.config import ConfigError, Pipeline, ShardsConfig, StreamConfig
-from mmdata.engine import Report, Shard, Stage, cluster, finished, map_shards
-from mmdata.store import ShardSet, kept, table
+from mmdata.engine import (
+    GlobalStep,
+    Report,
+    Shard,
+    Stage,
+    client_for,
+    finished,
+    in_progress,
+    kill_point,
+    map_parts,
+    run_global,
+)
+from mmdata.store import ShardSet, table
 
 STREAMS = ("captions", "interleaved", "text")
 LEDGER = "_ledger.parquet"
@@ -77,20 +87,8 @@ def index_shard(source: str, shard_id: str, sidecars: dict[str, str], synthetic:
 
     base = ShardSet(source)
     df = table(base, shard_id, sidecars)
-    reason = pd.Series(None, index=df.index, dtype=object)
-    failed = df["status"].ne("success")
-    reason[failed] = df.loc[failed, "status"]
-    if "drop_reason" in df:  # a shard set that filters itself (interleaved, text) says why
-        why = failed & df["drop_reason"].notna()
-        reason[why] = df.loc[why, "status"] + ":" + df.loc[why, "drop_reason"].astype(str)
-    for stage in sidecars:
-        col = f"{stage}.drop_reason"
-        if col in df:
-            hit = reason.isna() & df[col].notna()
-            reason[hit] = stage + ":" + df.loc[hit, col].astype(str)
-    keep = kept(df)
-    if not keep.eq(reason.isna()).all():  # both read the same columns; a mismatch is a bug here
-        raise AssertionError(f"{shard_id}: decisions disagree with store.kept")
+    reason = decisions.first_reason(df, sidecars)  # the one place a record is kept or dropped
+    keep = reason.isna()
 
     tar_url = base.tar(shard_id)
     members = samples.index_shard(tar_url) if keep.any() and fsio.exists(tar_url) else {}
@@ -211,6 +209,9 @@ class WriteTrainingShard(Stage):
     def __init__(self, source: str, set_name: str, dest: str):
         self.source, self.set_name, self.dest = source, set_name, dest
 
+    def output_dirs(self, out: str) -> list[str]:
+        return [out, self.dest]  # a killed write leaves its temp tar beside the published shards
+
     def process(self, shard: Shard, out: str) -> dict:
         rows = fsio.read_parquet(shard.input.url).sort_values("position").to_dict("records")
         if not rows:
@@ -223,6 +224,7 @@ class WriteTrainingShard(Stage):
                 parts = read_members(source, batch)
                 for row in batch:
                     sink.write(training_sample(row, parts[row["key"]], self.set_name))
+                kill_point("shards:writing")  # test hook: a kill with a half-written tar in the output
         except BaseException:
             sink.discard()
             raise
@@ -268,9 +270,93 @@ def _folder(pipeline: Pipeline, name_or_url: str) -> str:
     return pipeline.output(name_or_url)
 
 
+@dataclass(frozen=True)
+class IndexInput:
+    """What the plan reads of one input shard: the shard set's tar and metadata, and the sidecars."""
+
+    source: str
+    sidecars: tuple[tuple[str, str], ...]  # (stage, folder)
+
+    def files_for(self, shard_id: str) -> list[str]:
+        base = ShardSet(self.source)
+        return [base.tar(shard_id), base.meta(shard_id), *(fsio.join(f, f"{shard_id}.parquet") for _, f in self.sidecars)]
+
+
+@dataclass(frozen=True)
+class InputShard:
+    """One input shard of a stream (its files, for lineage) and where to find it."""
+
+    id: str
+    index: IndexInput
+
+    def files(self) -> list[str]:
+        return self.index.files_for(self.id)
+
+
+def _index(shard: Shard[InputShard], synthetic: str, seed: int, score_columns: tuple[str, ...]) -> pd.DataFrame:
+    return index_shard(shard.input.index.source, shard.id, dict(shard.input.index.sidecars), synthetic, seed,
+                       score_columns)
+
+
+class PlanRefused(Exception):
+    """The plan differs from the one the published shards were written with, and no --overwrite."""
+
+
+class Plan(GlobalStep):
+    """A stream's training shards: index every input shard (map), shuffle and cut into output
+    shards (reduce: the plan files, `_ledger.parquet`, `_plan.json`), write each output shard."""
+
+    name = "shards"
+
+    def __init__(self, stream: str, cfg: ShardsConfig, seed: int, set_name: str, source: str, dest: str,
+                 overwrite: bool):
+        self.stream, self.seed, self.set_name, self.source, self.dest = stream, seed, set_name, source, dest
+        self.rule = {"shard_samples": cfg.shard_samples, "shard_bytes": cfg.shard_bytes,
+                     "synthetic_caption": cfg.synthetic_caption, "score_columns": list(cfg.score_columns)}
+        self.cfg, self.overwrite = cfg, overwrite
+
+    def settings(self) -> dict:
+        return {"stream": self.stream, "seed": self.seed, "set": self.set_name, "dest": self.dest, **self.rule}
+
+    def reduce(self, client, shards: list[Shard[InputShard]], state: str) -> dict:
+        parts = map_parts(client, _index, shards, self.cfg.synthetic_caption, self.seed, tuple(self.cfg.score_columns))
+        records = pd.concat([parts[s.id] for s in shards], ignore_index=True)
+        order = plan(records, self.cfg)
+        fingerprint = digest(records, order)
+        previous = fsio.read_json(fsio.join(state, PLAN)) if fsio.exists(fsio.join(state, PLAN)) else None
+        names = sorted(order["shard"].unique())
+        if previous and previous["digest"] != fingerprint:
+            if not self.overwrite:
+                raise PlanRefused("inputs, decisions, seed or shard size changed since the last run "
+                                  f"(plan {previous['digest'][:12]} -> {fingerprint[:12]}); rerun with --overwrite")
+            # the old manifest describes bytes about to change: readers must not trust it meanwhile
+            fsio.rm(fsio.join(self.dest, mf.MANIFEST))
+            _remove_stale(state, self.dest, previous.get("shards", []), names)
+        for name, rows in order.groupby("shard", sort=True):
+            fsio.write_parquet(fsio.join(state, "plan", f"{name}.parquet"), rows.reset_index(drop=True))
+        ledger = records[["source", "key", "drop_reason"]].merge(
+            order[["source", "key", "shard", "position"]], on=["source", "key"], how="left")
+        fsio.write_parquet(fsio.join(state, LEDGER), ledger)
+        fsio.write_json(fsio.join(state, PLAN), {"digest": fingerprint, "seed": self.seed, "shards": names,
+                                                 "records": len(records), "kept": len(order)})
+        funnel = {"stage": f"shards/{self.stream}", "records": len(records), "kept": len(order),
+                  "dropped": [[r, n] for r, n in sorted(decisions.counts(records["drop_reason"]).items(),
+                                                          key=lambda x: -x[1])]}
+        fsio.write_json(fsio.join(state, decisions.FUNNEL), funnel)
+        return {"digest": fingerprint, "shards": names, "funnel": funnel}
+
+    def write_back(self, shards: list[Shard[InputShard]], state: str) -> tuple[Stage, list[Shard]]:
+        names = fsio.read_json(fsio.join(state, PLAN))["shards"]
+        writer = WriteTrainingShard(self.source, self.set_name, self.dest)
+        return writer, [Shard(n, PlanFile(fsio.join(state, "plan", f"{n}.parquet"))) for n in names]
+
+
 def _run_stream(pipeline: Pipeline, cfg: ShardsConfig, stream: str, scfg: StreamConfig, client,
                 overwrite: bool, report: ShardsReport) -> None:
     source = ShardSet(_folder(pipeline, scfg.input))
+    if why := in_progress(source.url):
+        report.failed[stream] = f"{source.url} is incomplete ({why}); rerun the stage that writes it first"
+        return
     ids = source.ids()
     if not ids:
         report.streams[stream] = {"skipped": f"no finished shards under {source.url}"}
@@ -281,6 +367,9 @@ def _run_stream(pipeline: Pipeline, cfg: ShardsConfig, stream: str, scfg: Stream
         if not fsio.exists(folder):
             absent.append(stage)
             continue
+        if why := in_progress(folder):
+            report.failed[stream] = f"stage '{stage}' is incomplete ({why}); rerun it first"
+            return
         missing = sorted(set(ids) - finished(folder))
         if missing:  # partial decisions would let dropped samples through
             report.failed[stream] = (f"stage '{stage}' has not finished input shards {', '.join(missing[:10])}"
@@ -289,64 +378,28 @@ def _run_stream(pipeline: Pipeline, cfg: ShardsConfig, stream: str, scfg: Stream
             return
         sidecars[stage.rsplit("/", 1)[-1]] = folder
 
-    from distributed import wait
-
     seed = pipeline.seed if cfg.seed is None else cfg.seed
-    futures = {i: client.submit(index_shard, source.url, i, sidecars, cfg.synthetic_caption, seed,
-                                tuple(cfg.score_columns), pure=False, retries=pipeline.engine.retries) for i in ids}
-    wait(list(futures.values()))
-    frames = []
-    for i, fut in futures.items():
-        if fut.status == "finished":
-            frames.append(fut.result())
-        else:  # named per input shard, as the engine names its tasks
-            report.failed[f"{stream}/index/{i}"] = f"{type(fut.exception()).__name__}: {fut.exception()}"
-    if len(frames) < len(ids):
-        return
-    records = pd.concat(frames, ignore_index=True)
-    order = plan(records, cfg)
-    fingerprint = digest(records, order)
-
     state = fsio.join(pipeline.stage_dir("shards"), "_state", stream)
     dest = fsio.join(cfg.output or pipeline.stage_dir("shards"), stream)
-    previous = fsio.read_json(fsio.join(state, PLAN)) if fsio.exists(fsio.join(state, PLAN)) else None
-    names = sorted(order["shard"].unique())
-    if previous and previous["digest"] != fingerprint:
-        if not overwrite:
-            report.failed[stream] = ("inputs, decisions, seed or shard size changed since the last run "
-                                     f"(plan {previous['digest'][:12]} -> {fingerprint[:12]}); rerun with --overwrite")
-            return
-        _remove_stale(state, dest, previous.get("shards", []), names)
-    if previous and previous["digest"] != fingerprint and fsio.exists(fsio.join(dest, mf.MANIFEST)):
-        # the old manifest describes bytes about to change: readers must not trust it meanwhile
-        fsio.rm(fsio.join(dest, mf.MANIFEST))
-    if overwrite or not previous or previous["digest"] != fingerprint:
-        for name, rows in order.groupby("shard", sort=True):
-            fsio.write_parquet(fsio.join(state, "plan", f"{name}.parquet"), rows.reset_index(drop=True))
-        ledger = records[["source", "key", "drop_reason"]].merge(
-            order[["source", "key", "shard", "position"]], on=["source", "key"], how="left")
-        fsio.write_parquet(fsio.join(state, LEDGER), ledger)
-        fsio.write_json(fsio.join(state, PLAN), {"digest": fingerprint, "seed": seed, "shards": names,
-                                             "records": len(records), "kept": len(order)})
-
-    # counted by reason code: `near_duplicate_of:000120003` names its partner, the ledger keeps that
-    dropped = records["drop_reason"].dropna().str.replace(r":\d+$", "", regex=True).value_counts().to_dict()
-    info = {"records": len(records), "kept": len(order), "dropped": dropped, "shards": len(names), "bytes": 0,
-            "sidecars": list(sidecars), "sidecars_absent": absent}
-    fsio.write_json(fsio.join(state, "_funnel.json"), info)
-    report.streams[stream] = info
-
-    writer = WriteTrainingShard(source.url, scfg.input, dest)
-    shards = [Shard(n, PlanFile(fsio.join(state, "plan", f"{n}.parquet"))) for n in names]
-    sub = map_shards(writer, shards, state, pipeline.engine, client=client, overwrite=overwrite)
+    index = IndexInput(source.url, tuple(sidecars.items()))
+    step = Plan(stream, cfg, seed, scfg.input, source.url, dest, overwrite)
+    try:
+        sub = run_global(step, [Shard(i, InputShard(i, index)) for i in ids], state, pipeline.engine, client=client,
+                         overwrite=overwrite, root=pipeline.workdir)
+    except PlanRefused as e:
+        report.failed[stream] = str(e)
+        return
     report.done.update({f"{stream}/{k}": v for k, v in sub.done.items()})
     report.skipped += [f"{stream}/{k}" for k in sub.skipped]
     report.failed.update({f"{stream}/{k}": v for k, v in sub.failed.items()})
     if not sub.ok:
         return
-
+    funnel, names = sub.step["funnel"], sub.step["shards"]
+    info = {"records": funnel["records"], "kept": funnel["kept"], "dropped": dict(funnel["dropped"]),
+            "funnel": funnel, "shards": len(names), "bytes": 0, "sidecars": list(sidecars), "sidecars_absent": absent}
+    report.streams[stream] = info
     stats = [fsio.read_json(fsio.join(state, f"{n}_stats.json")) for n in names]
-    m = mf.build(stream, stats, seed=seed, plan=fingerprint, sources={"input": source.url, "sidecars": sidecars},
+    m = mf.build(stream, stats, seed=seed, plan=sub.step["digest"], sources={"input": source.url, "sidecars": sidecars},
                  recipe=mf.recipe(pipeline.model_dump(mode="json")))
     info.update(bytes=m["bytes"], manifest=mf.write(dest, m))
     if cfg.energon and names:
@@ -355,7 +408,6 @@ def _run_stream(pipeline: Pipeline, cfg: ShardsConfig, stream: str, scfg: Stream
             info["energon"] = f"{dest}/.nv-meta"
         else:
             info["energon"] = "not exported: the output is not a local folder (run `energon prepare` where it is mounted)"
-    fsio.write_json(fsio.join(state, "_funnel.json"), info)
 
 
 def _remove_stale(state: str, dest: str, old: list[str], new: list[str]) -> None:
@@ -375,9 +427,8 @@ def run(pipeline: Pipeline, *, client=None, overwrite: bool = False, streams: li
     wanted = [s for s in (streams or STREAMS) if getattr(cfg, s).enabled]
     report = ShardsReport("shards", cfg.output or pipeline.stage_dir("shards"))
     t0 = time.time()
-    with contextlib.ExitStack() as stack:
-        client = client or stack.enter_context(cluster(pipeline.engine))
+    with client_for(pipeline.engine, client) as c:
         for s in wanted:
-            _run_stream(pipeline, cfg, s, getattr(cfg, s), client, overwrite, report)
+            _run_stream(pipeline, cfg, s, getattr(cfg, s), c, overwrite, report)
     report.duration = time.time() - t0
     return report

@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed
 # every stage is `make <stage> CONFIG=pipelines/....yaml [ARGS="--overwrite ..."]`
 STAGES := download filter dedup clipscore interleaved text shards check
 
-.PHONY: install test demo bench lint clean run eval ablate $(STAGES)
+.PHONY: install test demo bench lint clean run eval ablate report chromium $(STAGES)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,9 +26,16 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c $(VENV)/constraints.txt -e ".[test,bench]"
 	touch $@
 
+# the report test opens the report in the distribution's Chromium (playwright drives it, no browser download)
+CHROMIUM := $(shell command -v chromium || command -v chromium-browser)
+chromium:
+	@if [ -z "$(CHROMIUM)" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else echo "make: chromium is missing; install it (apt-get install chromium) for tests/test_report.py" >&2; exit 2; fi; fi
+
 install: $(STAMP)
 
-test: install
+test: install chromium
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: install
@@ -52,6 +59,11 @@ eval: install
 ablate: CONFIG = $(if $(filter command line environment,$(origin CONFIG)),$(CONFIG),pipelines/ablate.yaml)
 ablate: install
 	$(PY) -m mmdata ablate --config $(CONFIG) $(ARGS)
+
+# the HTML report of a workdir: make report [WORKDIR=work/demo] [ARGS="--out report.html"]
+WORKDIR ?= work/demo
+report: install
+	$(PY) -m mmdata report $(WORKDIR) $(ARGS)
 
 $(STAGES): install
 	$(PY) -m mmdata $@ --config $(CONFIG) $(ARGS)

@@ -160,14 +160,32 @@ def mix_stats(mixture: Annotated[Path, typer.Option("--mixture", "-m", help="mix
               sets: Sets = None,
               batches: Annotated[int, typer.Option("--batches", "-n", help="global batches to read")] = 100,
               world_size: Annotated[int, typer.Option("--world-size", help="simulated ranks, read in turn")] = 1,
-              workers: Annotated[int, typer.Option("--workers", help="DataLoader workers per rank")] = 0):
+              workers: Annotated[int, typer.Option("--workers", help="DataLoader workers per rank")] = 0,
+              out: Annotated[str | None, typer.Option("--out", help="also write the counts as JSON here "
+                                                      "(WORKDIR/mixture/stats.json is what `mmdata report` shows)")] = None):
     """Read N global batches of a mixture and print per-source realized counts and shares."""
     from mmdata.mix import MixError, stats
 
     try:
-        typer.echo(stats.run(mixture, batches, world_size=world_size, num_workers=workers, overrides=sets or []).table())
+        result = stats.run(mixture, batches, world_size=world_size, num_workers=workers, overrides=sets or [])
     except (ConfigError, MixError) as e:
         fail(str(e))
+    typer.echo(result.table())
+    if out:
+        typer.echo(f"wrote {result.write(out)}")
+
+
+@app.command()
+def report(workdir: Annotated[str, typer.Argument(help="a workdir (local path or s3://..., http://...)")],
+           out: Annotated[str | None, typer.Option("--out", "-o", help="the HTML file (default WORKDIR/report.html)")] = None):
+    """Write one self-contained HTML report of what the stages wrote under WORKDIR."""
+    from mmdata.report import ReportError, build
+
+    try:
+        path = build(workdir, out)
+    except ReportError as e:
+        fail(str(e), 1 if e.__cause__ is not None else 2)
+    typer.echo(f"report: {path}")
 
 
 @app.command()

@@ -11,10 +11,11 @@ import os
 import shutil
 from pathlib import Path
 
-from mmdata import config
+from mmdata import config, fsio
 from mmdata import pipeline as pl
 from mmdata.demo.corpus import VERSION, build
 from mmdata.demo.server import DemoServer
+from mmdata.report.workdir import MIX_STATS
 
 
 def ensure_corpus(folder: Path, n_pairs: int, n_docs: int, seed: int, echo=print) -> bool:
@@ -66,5 +67,21 @@ def run(
         from mmdata.mix import stats as mix_stats
 
         os.environ["MMDATA_SHARDS"] = pipe.stage_dir("shards")
-        echo(mix_stats.run(mixture, mix_batches, overrides=["global_batch=64", "lanes=2"]).table())
+        counted = mix_stats.run(mixture, mix_batches, overrides=["global_batch=64", "lanes=2"])
+        echo(counted.table())
+        counted.write(fsio.join(pipe.workdir, MIX_STATS))
+    where(pipe, echo)
     return reports
+
+
+def where(pipe: config.Pipeline, echo=print) -> None:
+    """The report of the workdir, then where everything is."""
+    from mmdata.report import build
+
+    report = build(pipe.workdir)
+    shards = pipe.stage_dir("shards")
+    echo("demo outputs:")
+    streams = sorted(d for d in os.listdir(shards) if not d.startswith("_")) if os.path.isdir(shards) else []
+    for stream in streams:
+        echo(f"  {stream + ' shards':<18}{shards}/{stream}/manifest.json")
+    echo(f"  {'report':<18}{report}")

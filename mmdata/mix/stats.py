@@ -40,6 +40,18 @@ class Stats:
                          f"{r['repeats']:>9}")
         return "\n".join(lines)
 
+    def record(self) -> dict:
+        """What was read, as plain data: the mixture as configured and each source's counts."""
+        return {"mixture": self.mixture.model_dump(mode="json"), "batches": self.batches, "end": self.end,
+                "rows": self.rows()}
+
+    def write(self, url: str) -> str:
+        """`record()` as JSON at `url` (atomic; `mmdata report` reads `{workdir}/mixture/stats.json`)."""
+        from mmdata import fsio
+
+        fsio.write_json(url, self.record())
+        return url
+
 
 def run(mixture: Mixture | str | Path, batches: int, *, world_size: int = 1, num_workers: int = 0,
         overrides: list[str] = ()) -> Stats:

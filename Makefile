@@ -30,7 +30,8 @@ $(STAMP): pyproject.toml constraints.txt
 CHROMIUM := $(shell command -v chromium || command -v chromium-browser)
 chromium:
 	@if [ -z "$(CHROMIUM)" ]; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+	    || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium-browser; }; \
 	  else echo "make: chromium is missing; install it (apt-get install chromium) for tests/test_report.py" >&2; exit 2; fi; fi
 
 install: $(STAMP)

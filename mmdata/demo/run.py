@@ -77,11 +77,18 @@ def run(
 def where(pipe: config.Pipeline, echo=print) -> None:
     """The report of the workdir, then where everything is."""
     from mmdata.report import build
+    from mmdata.report.workdir import Workdir
 
     report = build(pipe.workdir)
-    shards = pipe.stage_dir("shards")
+    w = Workdir.open(pipe.workdir)
     echo("demo outputs:")
-    streams = sorted(d for d in os.listdir(shards) if not d.startswith("_")) if os.path.isdir(shards) else []
-    for stream in streams:
-        echo(f"  {stream + ' shards':<18}{shards}/{stream}/manifest.json")
-    echo(f"  {'report':<18}{report}")
+    for manifest in w.named("manifest.json"):
+        if manifest.startswith("shards/"):
+            echo(f"  {manifest.split('/')[1] + ' shards':<20}{w.join(manifest)}")
+    for run in w.training_runs():
+        echo(f"  {'checkpoint':<20}{w.join(w.checkpoint(run)) if w.checkpoint(run) else 'none complete'}")
+        if w.has(f"{run}/model/mm1.json"):
+            echo(f"  {'model':<20}{w.join(run + '/model')}")
+    for results in w.named("results.jsonl"):
+        echo(f"  {'evaluation':<20}{w.join(results)}")
+    echo(f"  {'report':<20}{report}")

@@ -36,7 +36,7 @@ border-radius:4px;padding:6px;font-size:12px;background:#fff}.card img.thumb{max
 display:block;margin:auto}.noimg{width:150px;height:90px;display:flex;align-items:center;justify-content:center;
 text-align:center;background:#f0f0f0;color:#777;font-size:11px;margin:auto}.meta{margin:4px 0}.reason{color:#c62828;word-break:break-all}
 .score{color:#1565c0}.cap{margin-top:3px}.vecap b{color:#1565c0}.err{color:#a33;font-size:11px;margin-top:3px}
-.none{color:#aaa}.small{font-size:11px;color:#666}.cluster{display:flex;gap:8px;align-items:flex-start;
+.none{color:#aaa}.warn{color:#b26a00;font-size:12px;max-width:360px}.small{font-size:11px;color:#666}.cluster{display:flex;gap:8px;align-items:flex-start;
 margin:8px 0;padding:6px;border-bottom:1px dashed #ddd}.dupcell{text-align:center;width:130px}
 .dupcell img{max-width:120px;max-height:120px}.dupcell.keep{border-right:3px solid #2e7d32;padding-right:8px}
 article.doc{border-left:3px solid #12355b;padding:4px 14px;margin:12px 0}

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from mmdata import decisions, samples
+from mmdata.engine import in_progress
 from mmdata.report import plots
 from mmdata.report.workdir import MIX_STATS, Workdir
 
@@ -50,7 +51,7 @@ def num(n) -> str:
 def table(head: Iterable[str], rows: Iterable[Iterable], cls: str = "", attrs: str = "") -> str:
     out = [f'<table class="{cls}"{attrs}><thead><tr>' + "".join(f"<th>{escape(h)}</th>" for h in head) + "</tr></thead><tbody>"]
     for row in rows:
-        out.append("<tr>" + "".join(f'<td class="n">{num(c)}</td>' if isinstance(c, int | float | np.number)
+        out.append("<tr>" + "".join(f'<td class="n">{num(c)}</td>' if c is None or isinstance(c, int | float | np.number)
                                     else f"<td>{c}</td>" for c in row) + "</tr>")
     out.append("</tbody></table>")
     return "".join(out)
@@ -70,9 +71,11 @@ def text(value, limit: int = 300) -> str:
 # -- funnel ---------------------------------------------------------------------------------------
 
 
-def funnel_table(folder: str, f: dict) -> str:
+def funnel_table(folder: str, f: dict, unfinished: str | None = None) -> str:
     """The funnel as `decisions.funnel_lines` prints it: records in, each reason with what is left, kept."""
-    rows = [f'<tr class="records"><th>records in</th><td class="n" data-field="records">{num(f["records"])}</td><td></td></tr>']
+    warn = (f'<tr><td colspan="3" class="warn">{escape(folder)} is incomplete ({escape(unfinished)}): these '
+            "are the counts of its last finished run</td></tr>") if unfinished else ""
+    rows = [warn, f'<tr class="records"><th>records in</th><td class="n" data-field="records">{num(f["records"])}</td><td></td></tr>']
     left = f["records"]
     for reason, n in f["dropped"]:
         left -= n
@@ -96,7 +99,8 @@ def funnel(w: Workdir) -> Section:
              "records that reached it; <code>shards/captions</code> is the whole path of the image-caption pairs, "
              "every record's first reason from <code>mmdata.decisions.first_reason</code>.</p>")
     bars = img(plots.funnel_bars(named), "funnel of every stage", "plot")
-    tables = '<div class="funnels">' + "".join(funnel_table(folder, f) for folder, f in w.funnels) + "</div>"
+    tables = '<div class="funnels">' + "".join(
+        funnel_table(folder, f, in_progress(w.join(folder))) for folder, f in w.funnels) + "</div>"
     return Section("funnel", title, intro + bars + tables)
 
 
@@ -400,13 +404,13 @@ def mixture(w: Workdir) -> Section:
 
 def training(w: Workdir) -> Section:
     title = "Training"
-    runs = w.named("log.jsonl", beside="recipe.json")
+    runs = w.training_runs()
     if not runs:
         return omitted("training", title, "no training run (log.jsonl beside recipe.json) in this workdir")
     body = []
-    for rel in runs:
+    for folder in runs:
+        rel = f"{folder}/log.jsonl" if folder else "log.jsonl"
         recs = [r for r in w.jsonl(rel) if "step" in r and "loss" in r]
-        folder = rel.rsplit("/", 1)[0] if "/" in rel else "."
         if not recs:
             body.append(f'<p class="note"><code>{escape(rel)}</code> has no step yet.</p>')
             continue
@@ -423,8 +427,12 @@ def training(w: Workdir) -> Section:
         summary = [["steps logged", len(recs)], ["last step", last["step"]], ["first loss", recs[0]["loss"]],
                    ["last loss", last["loss"]], ["mean tokens/s", mean("tokens_per_s")],
                    ["mean images/s", mean("images_per_s")], ["mean data wait share", mean("data_share")],
-                   ["mean MFU", mean("mfu")], ["tokens seen", sum(r.get("tokens", 0) for r in recs)]]
-        body.append(f"<h3><code>{escape(folder)}</code></h3>"
+                   ["mean MFU", mean("mfu")], ["tokens in the logged steps", sum(r.get("tokens", 0) for r in recs)]]
+        ck = w.checkpoint(folder)
+        model = f"{folder}/model" if w.has(f"{folder}/model/mm1.json") else None
+        where = (f'<p class="small">checkpoint <code>{escape(ck or "none complete")}</code> · exported model '
+                 f'<code>{escape(model or "none")}</code> · log <code>{escape(rel)}</code></p>')
+        body.append(f"<h3><code>{escape(folder or '.')}</code></h3>" + where
                     + img(plots.lines(steps, panels), f"training curves of {folder}", "plot")
                     + table(["", "value"], summary, "small-table training"))
     return Section("training", title, "".join(body))

@@ -195,3 +195,16 @@ class Workdir:
             if base == name and (beside is None or self.has(f"{folder}/{beside}" if folder else beside)):
                 out.append(f)
         return sorted(out, key=lambda f: (f.count("/"), f))
+
+    # -- training runs -------------------------------------------------------------------------
+
+    def training_runs(self) -> list[str]:
+        """Folders (relative) of the trainer's runs: a `log.jsonl` beside a `recipe.json`."""
+        return [f.rpartition("/")[0] for f in self.named("log.jsonl", beside="recipe.json")]
+
+    def checkpoint(self, run: str) -> str | None:
+        """The run's newest complete checkpoint folder (`checkpoints/step-N/done.json` is written last)."""
+        prefix = f"{run}/checkpoints/" if run else "checkpoints/"
+        done = [f.rpartition("/")[0] for f in self.files
+                if f.startswith(prefix) and f.endswith("/done.json") and f.count("/") == prefix.count("/") + 1]
+        return max(done) if done else None

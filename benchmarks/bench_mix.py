@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import gc
 import io
-import json
 import math
 import multiprocessing
 import os
@@ -82,7 +81,7 @@ def build_decoded(root: Path) -> dict[str, list[str]]:
     plan = {"captions": (8, 90), "interleaved": (8, 90), "text": (8, 20)}
     out = {}
     for name, (shards, per) in plan.items():
-        with ShardWriter(str(root / name), max_samples=per) as w:
+        with ShardWriter(str(root / name), max_samples=per, members=True) as w:
             for i in range(shards * per):
                 key = f"{i // per:05d}{i % per:04d}"
                 if name == "captions":
@@ -97,7 +96,7 @@ def build_decoded(root: Path) -> dict[str, list[str]]:
                     w.write({"__key__": key, "txt": "a text-only document. " * 60,
                              "json": {"key": key, "kind": "text"}})
         out[name] = [str(root / name / f"{s:05d}.tar") for s in range(shards)]
-        write_manifest(root / name, shards, per)
+        write_manifest(root / name, w.shards)
     return out
 
 
@@ -109,7 +108,7 @@ def build_raw(root: Path, scale: float) -> dict[str, list[str]]:
     out = {}
     for name, (shards, per) in plan.items():
         shards = max(1, int(shards * scale))
-        with ShardWriter(str(root / name), max_samples=per) as w:
+        with ShardWriter(str(root / name), max_samples=per, members=True) as w:
             for i in range(shards * per):
                 key = f"{i // per:05d}{i % per:04d}"
                 if name == "captions":
@@ -123,14 +122,18 @@ def build_raw(root: Path, scale: float) -> dict[str, list[str]]:
                 else:
                     w.write({"__key__": key, "txt": pick(1500).hex(), "json": {"key": key, "kind": "text"}})
         out[name] = [str(root / name / f"{s:05d}.tar") for s in range(shards)]
-        write_manifest(root / name, shards, per)
+        write_manifest(root / name, w.shards)
     return out
 
 
-def write_manifest(folder: Path, shards: int, per: int) -> None:
-    # the `shards` stage writes this beside every stream; the sampler plans from it without opening tars
-    entries = [{"name": f"{s:05d}.tar", "count": per} for s in range(shards)]
-    (folder / "manifest.json").write_text(json.dumps({"schema_version": 1, "shards": entries}))
+def write_manifest(folder: Path, shards) -> None:
+    # what the `shards` stage writes beside every stream (member indexes included): the sampler
+    # plans from it without opening tars, and checks every member it reads against the indexes
+    from mmdata import manifest as mf
+
+    entries = [{"name": Path(s.url).name, "count": s.count, "bytes": s.bytes, "sha256": s.sha256,
+                "members": Path(s.members).name, "members_sha256": s.members_sha256} for s in shards]
+    mf.write(str(folder), mf.build(folder.name, entries))
 
 
 def energon_prepare(root: Path, urls: dict[str, list[str]]) -> Path:
@@ -150,11 +153,12 @@ def energon_prepare(root: Path, urls: dict[str, list[str]]) -> Path:
     return path
 
 
-def mixture(urls: dict[str, list[str]], batch: int, **decode):
+def mixture(urls: dict[str, list[str]], batch: int, checksums: bool = True, **decode):
     from mmdata.config import Mixture
 
     sources = {k: {"shards": v, "weight": WEIGHTS[k]} for k, v in urls.items()}
-    return Mixture.model_validate({"sources": sources, "global_batch": batch, "total": 100, "decode": decode})
+    return Mixture.model_validate({"sources": sources, "global_batch": batch, "total": 100, "checksums": checksums,
+                                   "decode": decode})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -434,10 +438,11 @@ def raw_energon(meta: Path, n: int):
     return count((len(b) for b in get_loader(ds)), n)
 
 
-def raw_mmdata(urls: dict[str, list[str]], n: int):
+def raw_mmdata(urls: dict[str, list[str]], n: int, checksums: bool = True):
     from mmdata.mix import loader
 
-    return count((len(b["keys"]) for b in loader(mixture(urls, 256), num_workers=0, decode=False)), n)
+    mix = mixture(urls, 256, checksums=checksums)
+    return count((len(b["keys"]) for b in loader(mix, num_workers=0, decode=False)), n)
 
 
 def raw(args) -> None:
@@ -445,13 +450,16 @@ def raw(args) -> None:
         root = Path(tmp)
         t = time.perf_counter()
         urls = build_raw(root, args.scale)
-        meta = energon_prepare(root, urls)
+        meta = None if args.skip_peers else energon_prepare(root, urls)
         size = sum(os.path.getsize(u) for us in urls.values() for u in us) / 1e6
         print(f"raw: {sum(map(len, urls.values()))} shards, {size:.0f} MB, built in {time.perf_counter() - t:.1f}s; "
               f"reading {args.samples} samples per contender, batch 256, num_workers=0, median of {args.rounds}")
         runs = {"webdataset (raw read)": lambda: raw_webdataset(urls, args.samples),
                 "energon (blend)": lambda: raw_energon(meta, args.samples),
-                "mmdata.mix (exact)": lambda: raw_mmdata(urls, args.samples)}
+                "mmdata.mix (exact)": lambda: raw_mmdata(urls, args.samples),
+                "mmdata.mix, checksums off": lambda: raw_mmdata(urls, args.samples, checksums=False)}
+        if args.skip_peers:
+            runs = {k: v for k, v in runs.items() if k.startswith("mmdata")}
         rates: dict[str, list[float]] = {k: [] for k in runs}
         names = list(runs)
         for r in range(args.rounds):
@@ -462,8 +470,14 @@ def raw(args) -> None:
         for name, rate in med.items():
             print(f"{name:<24}{rate:>10.0f} samples/s   rounds " + " ".join(f"{x:.0f}" for x in rates[name]))
         ours = med["mmdata.mix (exact)"]
-        print(f"mmdata.mix / webdataset = {ours / med['webdataset (raw read)']:.2f}  (goal >= 0.95)")
-        print(f"mmdata.mix / energon    = {ours / med['energon (blend)']:.2f}  (goal >= 1.00)")
+        # the member checks (every member's name, offset, size and xxh3 against the shard's index)
+        # against the same sampler without them, same shards, alternating rounds
+        off = med["mmdata.mix, checksums off"]
+        print(f"member checksums: {ours:.0f} vs {off:.0f} samples/s unchecked = {ours / off:.3f} "
+              f"({(off / ours - 1) * 100:+.1f}% time per sample)")
+        if not args.skip_peers:
+            print(f"mmdata.mix / webdataset = {ours / med['webdataset (raw read)']:.2f}  (goal >= 0.95)")
+            print(f"mmdata.mix / energon    = {ours / med['energon (blend)']:.2f}  (goal >= 1.00)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -575,6 +589,7 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=40, help="decoded: batches of 64 timed per contender")
     ap.add_argument("--samples", type=int, default=30_000, help="raw: samples per contender")
     ap.add_argument("--scale", type=float, default=1.0, help="raw: shard count multiplier")
+    ap.add_argument("--skip-peers", action="store_true", help="raw: only mmdata, with and without member checksums")
     args = ap.parse_args()
     for mode in ("quality", "decoded", "raw"):
         if args.mode in (mode, "all"):

@@ -138,8 +138,9 @@ def shards(config: Config, sets: Sets = None, overwrite: Overwrite = False, sche
 
 @app.command()
 def verify(manifest: Annotated[str, typer.Option("--manifest", "-m", help="manifest.json or its folder (local, s3://, ...)")],
-           quick: Annotated[bool, typer.Option("--quick", help="sizes only, no checksums")] = False):
-    """Check training shards against their manifest; exits 1 naming each missing or corrupted shard."""
+           quick: Annotated[bool, typer.Option("--quick", help="presence, sizes and counts only (no data read)")] = False):
+    """Check training shards against their manifest (presence, size, tar structure, sample count,
+    sha256, every member against its index); exits 1 naming each shard that differs."""
     from mmdata import manifest as mf
 
     try:
@@ -163,11 +164,15 @@ def mix_stats(mixture: Annotated[Path, typer.Option("--mixture", "-m", help="mix
               workers: Annotated[int, typer.Option("--workers", help="DataLoader workers per rank")] = 0,
               out: Annotated[str | None, typer.Option("--out", help="also write the counts as JSON here "
                                                       "(WORKDIR/mixture/stats.json is what `mmdata report` shows)")] = None):
-    """Read N global batches of a mixture and print per-source realized counts and shares."""
-    from mmdata.mix import MixError, stats
+    """Read N global batches of a mixture and print per-source realized counts and shares.
+    Exits 1 naming the shard (and byte offset) when a shard is missing, damaged or miscounted
+    (`damaged: stop`), 2 for a mistake in the mixture or the arguments."""
+    from mmdata.mix import MixDamaged, MixError, stats
 
     try:
         result = stats.run(mixture, batches, world_size=world_size, num_workers=workers, overrides=sets or [])
+    except MixDamaged as e:
+        fail(str(e), 1)
     except (ConfigError, MixError) as e:
         fail(str(e))
     typer.echo(result.table())

@@ -228,6 +228,10 @@ class Mixture(Strict):
     lanes: int = Field(8, ge=1, description="readers per rank; DataLoader num_workers must divide it")
     steps_per_epoch: int | None = Field(None, ge=1, description="global batches per epoch; None = until exhaustion")
     token_probe: int = Field(64, ge=1, description="unit=tokens: samples read per source to estimate tokens")
+    damaged: Literal["stop", "skip"] = Field("stop", description="a damaged, missing or miscounted shard: stop with "
+                                             "one line naming it (default), or skip it and count it; never served")
+    checksums: bool = Field(True, description="check every member read against the shards stage's member index "
+                            "(name, offset, size, xxh3 of its bytes)")
     decode: MixDecodeConfig = MixDecodeConfig()
 
     @model_validator(mode="after")

@@ -40,6 +40,7 @@ from typing import Any, Generic, TypeVar
 from mmdata import decisions, fsio, lineage
 from mmdata.config import ConfigError, EngineConfig
 from mmdata.memory import keep_freed_memory
+from mmdata.tar import ShardError
 
 log = logging.getLogger(__name__)
 
@@ -113,11 +114,26 @@ _ready: dict[str, Stage] = {}
 _ready_lock = threading.Lock()
 
 
+class _ReportedByEngine(logging.Filter):
+    """Distributed logs every failed task with its traceback; the engine reports each failed shard
+    itself (one line for damaged data, which is not a bug; the traceback for anything else)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Compute Failed")
+
+
+def _one_report_per_failure() -> None:
+    worker_log = logging.getLogger("distributed.worker")
+    if not any(isinstance(f, _ReportedByEngine) for f in worker_log.filters):
+        worker_log.addFilter(_ReportedByEngine())
+
+
 def _stage_on_worker(stage: Stage, token: str) -> Stage:
     with _ready_lock:
         if not _ready:  # first task in this process
             keep_freed_memory()
             _size_native_pools()
+            _one_report_per_failure()
         if token not in _ready:
             stage.setup()
             _ready[token] = stage
@@ -192,6 +208,7 @@ def cluster(cfg: EngineConfig) -> Iterator[Any]:
 
     # the scheduler runs in this process and logs every connection at INFO
     logging.getLogger("distributed").setLevel(logging.WARNING)
+    _one_report_per_failure()
     if cfg.scheduler:
         with Client(cfg.scheduler, timeout="30s") as client:
             yield client
@@ -498,8 +515,11 @@ def _submit_all(client, stage: Stage, todo: list[Shard], out: str, root: str, re
                 kill_point(f"{stage.name}:shard-done")
             else:
                 exc = fut.exception()
-                tb = "".join(traceback.format_tb(fut.traceback()))[-2000:] if fut.traceback() else ""
                 report.failed[sid] = f"{type(exc).__name__}: {exc}"
-                log.error("%s: shard %s failed after %d attempts: %s\n%s", stage.name, sid, engine.retries + 1, exc, tb)
+                if isinstance(exc, ShardError):  # damaged data: one line naming the shard (and the byte offset)
+                    log.error("%s: shard %s failed: %s", stage.name, sid, exc)
+                else:
+                    tb = "".join(traceback.format_tb(fut.traceback()))[-2000:] if fut.traceback() else ""
+                    log.error("%s: shard %s failed after %d attempts: %s\n%s", stage.name, sid, engine.retries + 1, exc, tb)
             progress.advance(bar_shards)
             fut.release()

@@ -3,12 +3,20 @@
 A stream's training shards live in one folder with `manifest.json` beside them:
 
     {"schema_version": 1, "stream": "captions", "kind": "pair", "count": N, "bytes": B,
-     "shards": [{"name": "00000.tar", "count": .., "bytes": .., "sha256": ..}, ...],
+     "shards": [{"name": "00000.tar", "count": .., "bytes": .., "sha256": ..,
+                 "members": "00000.members.json", "members_sha256": ..}, ...],
      "recipe": {"mmdata": "0.1.0", "git_commit": "...", "config": {...}}, ...}
 
 Names are relative to the manifest's folder, so a copied or synced folder still verifies. The
 manifest carries no timestamp: the same inputs and seed give the same manifest bytes too.
 `manifest.parquet` holds the same shard table (one row per shard) for pandas / duckdb users.
+`members` names the shard's member index (`mmdata.samples`: every member's offset, size, xxh3);
+a manifest without it (an older or hand-made one) is still read, counted from the tar headers.
+
+`verify` checks, per shard: quick (what the sampler checks before its first batch) that it is
+there, its size, and its sample count (from the member index's header, else by walking the tar's
+headers); full (the `verify` command) also the whole file's sha256, every header, the count walked,
+and every member's name, offset, size and xxh3 against the index.
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from mmdata import __version__, fsio
+from mmdata import __version__, fsio, samples, tar
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -33,7 +41,7 @@ class Problem:
     """One shard that does not match its manifest."""
 
     shard: str
-    what: str  # missing | size | checksum | unreadable
+    what: str  # missing | size | count | structure | index | checksum | unreadable
     detail: str
 
     def __str__(self) -> str:
@@ -66,7 +74,8 @@ def folder_of(url: str) -> str:
 
 def build(stream: str, shards: list[dict], **extra) -> dict:
     """A manifest for `shards` (dicts with name, count, bytes, sha256), in their order."""
-    rows = [{k: s[k] for k in ("name", "count", "bytes", "sha256")} for s in shards]
+    rows = [{k: s[k] for k in ("name", "count", "bytes", "sha256", "members", "members_sha256") if s.get(k) is not None}
+            for s in shards]
     return {
         "schema_version": SCHEMA_VERSION,
         "stream": stream,
@@ -108,42 +117,89 @@ def to_frame(manifest: dict, folder: str):
         [
             {"stream": manifest["stream"], "kind": manifest["kind"], "name": s["name"],
              "url": fsio.join(folder, s["name"]), "count": s["count"], "bytes": s["bytes"], "sha256": s["sha256"],
+             "members": s.get("members"), "members_sha256": s.get("members_sha256"),
              "schema_version": manifest["schema_version"], "mmdata": r.get("mmdata"),
              "git_commit": r.get("git_commit")}
             for s in manifest["shards"]
         ],
-        columns=["stream", "kind", "name", "url", "count", "bytes", "sha256", "schema_version", "mmdata", "git_commit"],
+        columns=["stream", "kind", "name", "url", "count", "bytes", "sha256", "members", "members_sha256",
+                 "schema_version", "mmdata", "git_commit"],
     )
 
 
-def _check(folder: str, entry: dict, checksums: bool) -> Problem | None:
+class _Hashing:
+    """A read-only stream that hashes what is read through it (the tar reader then reads every byte)."""
+
+    def __init__(self, f):
+        self.f, self.h = f, hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.h.update(data)
+        return data
+
+
+def _damage(entry: dict, e: tar.ShardError) -> Problem:
+    if isinstance(e, tar.ChangedBytes):
+        return Problem(entry["name"], "checksum", f"damaged tar at byte {e.offset}: {e.what}")
+    if isinstance(e, tar.DamagedShard):
+        return Problem(entry["name"], "structure", f"damaged tar at byte {e.offset}: {e.what}")
+    return Problem(entry["name"], "index", str(e))
+
+
+def check_shard(folder: str, entry: dict, *, full: bool = True) -> Problem | None:
+    """The first way the shard of a manifest entry differs from it, or None (see the module doc)."""
     url = fsio.join(folder, entry["name"])
     fs, path = fsio.fs_path(url)
+    index = fsio.join(folder, entry["members"]) if entry.get("members") else None
     try:
         if not fs.exists(path):
             return Problem(entry["name"], "missing", f"{url} does not exist")
         size = fs.size(path)
         if size != entry["bytes"]:
             return Problem(entry["name"], "size", f"{size} bytes, manifest says {entry['bytes']}")
-        if not checksums:
+        if not full:
+            if index is None:  # no index: the count is the tar's, walked header by header
+                n = samples.count_samples(url)
+            else:
+                head = samples.members_header(index)
+                if head.get("bytes") != entry["bytes"]:
+                    return Problem(entry["name"], "index", f"index {entry['members']} describes a tar of "
+                                   f"{head.get('bytes')} bytes, manifest says {entry['bytes']}")
+                n = head.get("count")
+            if n != entry["count"]:
+                return Problem(entry["name"], "count", f"{n} samples, manifest says {entry['count']}")
             return None
-        h = hashlib.sha256()
-        with fs.open(path, "rb") as f:
-            while chunk := f.read(1 << 22):
-                h.update(chunk)
+        expect = samples.read_members(index, entry.get("members_sha256")) if index else None
+        with fs.open(path, "rb") as raw:
+            f = _Hashing(raw)
+            n = sum(1 for _ in samples.iter_samples(f, url, data=expect is not None, expect=expect))
+            while f.read(1 << 22):  # the end-of-archive padding
+                pass
+        digest = f.h.hexdigest()
+    except FileNotFoundError as e:
+        return Problem(entry["name"], "missing", f"{e}")
+    except tar.ShardError as e:
+        return _damage(entry, e)
     except OSError as e:
         return Problem(entry["name"], "unreadable", f"{type(e).__name__}: {e}")
-    if h.hexdigest() != entry["sha256"]:
-        return Problem(entry["name"], "checksum", f"sha256 {h.hexdigest()}, manifest says {entry['sha256']}")
+    if digest != entry["sha256"]:
+        return Problem(entry["name"], "checksum", f"sha256 {digest}, manifest says {entry['sha256']}")
+    if n != entry["count"]:
+        return Problem(entry["name"], "count", f"{n} samples, manifest says {entry['count']}")
+    if expect is not None and expect.count != entry["count"]:
+        return Problem(entry["name"], "index", f"index {entry['members']} lists {expect.count} samples, "
+                       f"manifest says {entry['count']}")
     return None
 
 
 def verify(url: str, *, checksums: bool = True, threads: int = 8) -> list[Problem]:
-    """Every shard of the manifest at `url` that is missing, resized or corrupted (empty = all good)."""
+    """Every shard of the manifest at `url` that is missing, resized, damaged, miscounted or
+    corrupted (empty = all good); `checksums=False` is the quick check (no data read)."""
     m = read(url)
     folder = folder_of(url)
     with ThreadPoolExecutor(max(1, threads)) as pool:
-        found = pool.map(lambda e: _check(folder, e, checksums), m["shards"])
+        found = pool.map(lambda e: check_shard(folder, e, full=checksums), m["shards"])
         return [p for p in found if p is not None]
 
 

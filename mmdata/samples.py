@@ -6,6 +6,15 @@ documents `0.jpg`, `1.jpg`, ... Values are bytes on read; on write str and dict/
 order) so that the same samples give the same bytes. Writes are atomic (`mmdata.fsio`); tar bytes
 go through the one codec, `mmdata.tar`, which also makes any damage an error naming the shard and
 byte offset. Pickle is never decoded: values stay bytes unless asked for through `decode`.
+
+A training shard `00000.tar` has its member index `00000.members.json` beside it (written with it
+by `TarSink(members=True)`): line 1 a header (`format`, `shard`, `count` samples, `bytes`, `hash`),
+line 2 one `[name, data offset, size, xxh3_64]` per member in tar order. A reader given it
+(`iter_samples(expect=...)`) checks every member's name, offset and size against it and the xxh3 of
+every member's data it reads, so the bytes it returns are the bytes that were written, or it raises
+`DamagedShard` naming the shard and offset. xxh3 because it runs at memory speed (the check costs
+what `benchmarks/bench_mix.py --mode raw` measures, in docs/mixture.md); the manifest's sha256 of
+the index file authenticates the index itself.
 """
 
 from __future__ import annotations
@@ -16,10 +25,14 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Self
 
+import xxhash
+
 from mmdata import fsio, tar
 from mmdata.tar import ShardError
 
 META_KEYS = ("__key__", "__url__")
+MEMBERS_FORMAT = "mmdata.members/1"
+MEMBERS_SUFFIX = ".members.json"
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
 
@@ -70,14 +83,31 @@ def split_name(name: str) -> tuple[str, str]:
 
 
 def iter_samples(f: BinaryIO, source: str = "<stream>", start: int = 0, stop: int | None = None, *,
-                 data: bool = True, limit: int | None = None) -> Iterator[dict]:
+                 data: bool = True, limit: int | None = None, expect: Members | None = None,
+                 count: int | None = None) -> Iterator[dict]:
     """Samples [start, stop) of a tar stream (uncompressed or gz/bz2/xz), grouping members by key.
     `data=False` gives every value as b"" (counting, planning); samples before `start` are skipped
     without reading their data where the file can seek. A key whose members are not consecutive,
-    or a field twice, is a damaged shard: `mmdata.tar.DamagedShard`."""
+    or a field twice, is a damaged shard: `mmdata.tar.DamagedShard`.
+
+    `expect` (the shard's member index) checks every member against what was written: name, offset,
+    size, and the xxh3 of the data read. `count` (samples the catalogue lists) checks that the
+    shard holds exactly that many, as far as [start, stop) reaches: a shard that ends early or goes
+    on past `count` is damaged, never a shorter or longer read."""
     reader = tar.Reader(f, source, limit=limit)
     index, key_now, current, seen = -1, None, None, set()
+    rows = expect.rows if expect is not None else None
+    ordinal = -1
     for m in reader:
+        ordinal += 1
+        if rows is not None:
+            if ordinal >= len(rows):
+                raise tar.DamagedShard(source, m.offset - tar.BLOCK, f"member {m.name!r} is not in the shard's index "
+                                       f"({len(rows)} members)")
+            want = rows[ordinal]
+            if m.name != want[0] or m.offset != want[1] or m.size != want[2]:
+                raise tar.DamagedShard(source, m.offset - tar.BLOCK, f"member {m.name!r} ({m.size} bytes at {m.offset}) "
+                                       f"differs from the index ({want[0]!r}, {want[2]} bytes at {want[1]})")
         key, _, ext = m.name.partition(".")
         if key != key_now:
             if key in seen:
@@ -86,22 +116,34 @@ def iter_samples(f: BinaryIO, source: str = "<stream>", start: int = 0, stop: in
             if current is not None:
                 yield current
             index, key_now = index + 1, key
+            if count is not None and index >= count:
+                raise tar.DamagedShard(source, m.offset - tar.BLOCK, f"holds more than the {count} samples its "
+                                       f"catalogue lists")
             if stop is not None and index >= stop:
                 return
             current = {"__key__": key, "__url__": source} if index >= start else None
         if current is not None:
             if ext in current:
                 raise tar.DamagedShard(source, m.offset - tar.BLOCK, f"member {m.name!r} appears twice")
-            current[ext] = reader.read() if data else b""
+            value = reader.read() if data else b""
+            if rows is not None and data and xxhash.xxh3_64_intdigest(value) != rows[ordinal][3]:
+                raise tar.ChangedBytes(source, m.offset, f"member {m.name!r}: its {m.size} bytes differ from what was "
+                                       f"written (xxh3 {xxhash.xxh3_64_hexdigest(value)}, index "
+                                       f"{rows[ordinal][3]:016x})")
+            current[ext] = value
+    if rows is not None and ordinal + 1 != len(rows):
+        raise tar.DamagedShard(source, reader.pos, f"ends after {ordinal + 1} members, its index lists {len(rows)}")
+    if count is not None and index + 1 != count:
+        raise tar.DamagedShard(source, reader.pos, f"holds {index + 1} samples, its catalogue lists {count}")
     if current is not None:
         yield current
 
 
 def read_shard(url: str, start: int = 0, stop: int | None = None, *, data: bool = True,
-               limit: int | None = None) -> Iterator[dict]:
+               limit: int | None = None, expect: Members | None = None, count: int | None = None) -> Iterator[dict]:
     """Samples [start, stop) of the shard at `url` (local, s3://, http://); see `iter_samples`."""
     with tar.open_url(url) as f:
-        yield from iter_samples(f, url, start, stop, data=data, limit=limit)
+        yield from iter_samples(f, url, start, stop, data=data, limit=limit, expect=expect, count=count)
 
 
 def count_samples(url: str) -> int:
@@ -120,6 +162,53 @@ def index_shard(url: str) -> dict[str, list[tuple[str, int, int]]]:
         out.setdefault(key, []).append((ext, m.offset, m.size))
         last = key
     return out
+
+
+def members_url(tar_url: str) -> str:
+    """`.../00000.tar` -> `.../00000.members.json`."""
+    return tar_url.removesuffix(".tar") + MEMBERS_SUFFIX
+
+
+@dataclass(frozen=True)
+class Members:
+    """A shard's member index: what its writer put in it."""
+
+    url: str
+    count: int  # samples
+    bytes: int  # of the tar
+    rows: list  # [name, data offset, size, xxh3_64] per member, in tar order
+
+
+def _members_header(url: str, line: bytes) -> dict:
+    try:
+        head = json.loads(line)
+    except ValueError:
+        head = None
+    if not isinstance(head, dict) or head.get("format") != MEMBERS_FORMAT:
+        raise ShardError(f"{url}: not a member index ({MEMBERS_FORMAT})")
+    return head
+
+
+def members_header(url: str) -> dict:
+    """The index's first line (format, shard, count, bytes, hash): what a catalogue check needs,
+    without reading the member rows."""
+    fs, path = fsio.fs_path(url)
+    with fs.open(path, "rb", block_size=1 << 12) as f:
+        return _members_header(url, f.read(1 << 12).partition(b"\n")[0])
+
+
+def read_members(url: str, sha256: str | None = None) -> Members:
+    """The member index at `url`; with `sha256` (the manifest's), an index that differs is refused."""
+    raw = fsio.read_bytes(url)
+    if sha256 is not None and hashlib.sha256(raw).hexdigest() != sha256:
+        raise ShardError(f"{url}: the member index differs from the one the manifest lists (sha256)")
+    line, _, rest = raw.partition(b"\n")
+    head = _members_header(url, line)
+    try:
+        rows = json.loads(rest)
+    except ValueError as e:
+        raise ShardError(f"{url}: member rows do not parse: {e}") from None
+    return Members(url, int(head["count"]), int(head["bytes"]), rows)
 
 
 def read_shards(patterns: str | Iterable[str]) -> Iterator[dict]:
@@ -159,6 +248,8 @@ class ShardInfo:
     count: int
     bytes: int
     sha256: str | None  # None from a sink made with checksum=False
+    members: str | None = None  # the member index's URL (TarSink(members=True))
+    members_sha256: str | None = None
 
 
 class TarSink:
@@ -167,15 +258,17 @@ class TarSink:
     The bytes are those of `tarfile` in PAX format with fixed owner, mode and mtime (readable by
     every tar reader), made by `mmdata.tar`.
     An empty sink commits nothing (Energon and others refuse empty tars), so `commit()` returns None.
-    `checksum=False` skips the running sha256 (a hot path that never publishes it).
+    `checksum=False` skips the running sha256 (a hot path that never publishes it); `members=True`
+    writes the member index (`members_url`) after the tar, for readers that check every member.
     """
 
-    def __init__(self, url: str, checksum: bool = True):
+    def __init__(self, url: str, checksum: bool = True, members: bool = False):
         self.url = url
         self.count = 0
         self.size = 0
         self._file: fsio.AtomicFile | None = None
         self._hash = hashlib.sha256() if checksum else None
+        self._rows: list | None = [] if members else None
 
     def _write(self, data: bytes) -> None:
         if self._hash is not None:
@@ -188,8 +281,14 @@ class TarSink:
         if self._file is None:
             self._file = fsio.AtomicFile(self.url)
         parts = []
+        at = self.size
         for name, data in members:
-            parts += (tar.header(name, len(data)), data, tar.padding(len(data)))
+            head = tar.header(name, len(data))
+            parts += (head, data, tar.padding(len(data)))
+            if self._rows is not None:
+                at += len(head)
+                self._rows.append([name, at, len(data), xxhash.xxh3_64_intdigest(data)])
+                at += len(data) + len(parts[-1])
         self._write(b"".join(parts))
         self.count += 1
 
@@ -198,7 +297,14 @@ class TarSink:
             return None
         self._write(tar.end(self.size))  # end-of-archive, then pad to a whole record as tarfile does
         self._file.commit()
-        return ShardInfo(self.url, self.count, self.size, self._hash.hexdigest() if self._hash is not None else None)
+        info = ShardInfo(self.url, self.count, self.size, self._hash.hexdigest() if self._hash is not None else None)
+        if self._rows is not None:
+            head = {"format": MEMBERS_FORMAT, "shard": self.url.rsplit("/", 1)[-1], "count": self.count,
+                    "bytes": self.size, "hash": "xxh3_64"}
+            raw = json.dumps(head).encode() + b"\n" + json.dumps(self._rows, separators=(",", ":")).encode() + b"\n"
+            info.members, info.members_sha256 = members_url(self.url), hashlib.sha256(raw).hexdigest()
+            fsio.atomic_write(info.members, raw)
+        return info
 
     def discard(self) -> None:
         if self._file is not None:
@@ -230,17 +336,18 @@ class ShardWriter:
         max_bytes: int | None = None,
         start: int = 0,
         name: Callable[[int], str] = "{:05d}".format,
+        members: bool = False,
     ):
         if not max_samples and not max_bytes:
             raise ValueError("ShardWriter needs max_samples or max_bytes")
         self.dest, self.max_samples, self.max_bytes = dest.rstrip("/"), max_samples, max_bytes
-        self.index, self.name = start, name
+        self.index, self.name, self.members = start, name, members
         self.shards: list[ShardInfo] = []
         self._sink: TarSink | None = None
 
     def write(self, sample: dict) -> None:
         if self._sink is None:
-            self._sink = TarSink(f"{self.dest}/{self.name(self.index)}.tar")
+            self._sink = TarSink(f"{self.dest}/{self.name(self.index)}.tar", members=self.members)
         self._sink.write(sample)
         full = (self.max_samples and self._sink.count >= self.max_samples) or (
             self.max_bytes and self._sink.size >= self.max_bytes

@@ -57,6 +57,10 @@ class DamagedShard(ShardError):
         self.source, self.offset, self.what = source, offset, what
 
 
+class ChangedBytes(DamagedShard):
+    """A member whose bytes differ from what its writer recorded (the shard's member index)."""
+
+
 def max_member() -> int:
     raw = os.environ.get("MMDATA_TAR_MAX_MEMBER", "")
     return int(raw) if raw.isdigit() else MAX_MEMBER

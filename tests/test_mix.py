@@ -20,6 +20,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from mmdata import config as cfgmod
+from mmdata import manifest as mf
 from mmdata.cli import app
 from mmdata.config import ConfigError, Mixture
 from mmdata.mix import MixDataset, MixError, MixExhausted, Plan, loader
@@ -53,15 +54,16 @@ def build(root: Path) -> dict:
                      {"type": "text", "text": f"doc {i} body"}, {"type": "image", "index": 1, "url": "u1"}]
             w.write({"__key__": key, "0.jpg": jpg(i, 20, 10), "1.jpg": jpg(i + 1, 10, 30),
                      "json": {"key": key, "kind": "interleaved", "schema_version": 1, "url": f"http://d/{i}", "slots": slots}})
-    with ShardWriter(f"{root}/text", max_samples=40) as w:
+    with ShardWriter(f"{root}/text", max_samples=40, members=True) as w:
         for i in range(N_TEXT):
             key = f"{i // 40:05d}{i % 40:04d}"
             t = f"text document {i}. " * (1 + i % 5)
             w.write({"__key__": key, "txt": t,
                      "json": {"key": key, "kind": "text", "schema_version": 1, "url": f"http://t/{i}", "n_chars": len(t)}})
-    # the `shards` stage's manifest format, beside the text shards only: counts come from it
-    entries = [{"name": f"{i:05d}.tar", "count": 40, "bytes": 0, "sha256": ""} for i in range(3)]
-    (root / "text" / "manifest.json").write_text(json.dumps({"schema_version": 1, "shards": entries}))
+    # the `shards` stage's manifest (with member indexes), beside the text shards only: counts come from it
+    mf.write(f"{root}/text", mf.build("text", [{"name": Path(i.url).name, "count": i.count, "bytes": i.bytes,
+                                                "sha256": i.sha256, "members": Path(i.members).name,
+                                                "members_sha256": i.members_sha256} for i in w.shards]))
     return {"pairs": f"{root}/pairs/{{00000..00005}}.tar", "docs": f"{root}/docs/*.tar",
             "text": f"{root}/text/manifest.json"}
 

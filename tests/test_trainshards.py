@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from mmdata import fsio, samples, schema
+from mmdata import fsio, samples, schema, tar
 from mmdata import manifest as mf
 from mmdata.cli import app
 from mmdata.config import Pipeline, parse
@@ -199,6 +199,10 @@ def test_manifest_parquet_and_recipe(built):
     for row in table.itertuples():
         data = (folder / row.name).read_bytes()
         assert len(data) == row.bytes and hashlib.sha256(data).hexdigest() == row.sha256
+        # the member index written with the shard: every member's offset, size and xxh3, as read back
+        index = samples.read_members(str(folder / row.members), row.members_sha256)
+        members = [[m.name, m.offset, m.size] for m in tar.index(str(folder / row.name))]
+        assert [r[:3] for r in index.rows] == members and index.count == row.count
     assert m["recipe"]["mmdata"] and m["recipe"]["config"]["shards"]["shard_samples"] == 5
     assert m["seed"] == 3 and m["schema_version"] == 1
 

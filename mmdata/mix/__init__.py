@@ -4,9 +4,9 @@
 IterableDataset underneath. See docs/mixture.md. torch is imported only when these are used.
 """
 
-from mmdata.mix.plan import MixError, MixExhausted, Plan
+from mmdata.mix.plan import MixDamaged, MixError, MixExhausted, Plan
 
-__all__ = ["MixDataset", "MixError", "MixExhausted", "MixLoader", "Plan", "load_mixture", "loader"]
+__all__ = ["MixDamaged", "MixDataset", "MixError", "MixExhausted", "MixLoader", "Plan", "load_mixture", "loader"]
 
 
 def __getattr__(name: str):

@@ -30,8 +30,8 @@ from mmdata import config as cfgmod
 from mmdata.config import MixSource, Mixture
 from mmdata.mix import reader
 from mmdata.mix.decode import Decoder, estimate_tokens, parse
-from mmdata.mix.plan import MixError, MixExhausted, Plan, tag
-from mmdata.samples import read_shard
+from mmdata.mix.plan import MixDamaged, MixError, MixExhausted, Plan, tag
+from mmdata.tar import ShardError
 
 FORMAT = "mmdata.mix/1"
 
@@ -42,6 +42,7 @@ class Source:
     cfg: MixSource
     shards: list[tuple[str, int]]
     weight: float  # what the plan allocates by: samples share (unit=tokens: divided by tokens/sample)
+    reads: reader.Shards  # reads its shards, checking each against the catalogue
     tokens: float | None = None  # tokens per sample (estimate)
 
     @property
@@ -77,6 +78,7 @@ class MixDataset(IterableDataset):
             raise MixError(f"rank {self.rank} is outside world_size {self.world}")
         self._check_workers(max(1, num_workers))
         self.readers = self.world * m.lanes
+        self.damaged: list[dict] = []  # shards left out before the first batch (damaged: skip)
         self.sources = [self._source(n, s) for n, s in m.sources.items() if s.weight > 0]
         self.idle = [n for n, s in m.sources.items() if s.weight == 0]
         self.plan = Plan([s.weight for s in self.sources], m.global_batch, self.world, seed=m.seed,
@@ -98,8 +100,10 @@ class MixDataset(IterableDataset):
                            f"use a divisor of {self.mix.lanes} or change `lanes` (which changes the stream)")
 
     def _source(self, name: str, cfg: MixSource) -> Source:
-        shards = reader.catalogue(name, cfg.shards)
-        src = Source(name, cfg, shards, cfg.weight)
+        cat = reader.catalogue(name, cfg.shards, damaged=self.mix.damaged)
+        self.damaged += cat.damaged
+        reads = reader.Shards(name, cat.refs, checksums=self.mix.checksums, damaged=self.mix.damaged)
+        src = Source(name, cfg, cat.shards, cfg.weight, reads)
         if src.total < self.readers:
             raise MixError(f"source '{name}' has {src.total} samples, fewer than its {self.readers} readers "
                            f"(world_size {self.world} x lanes {self.mix.lanes}); every reader needs one: "
@@ -113,11 +117,17 @@ class MixDataset(IterableDataset):
         """Mean estimated tokens per sample over the first `token_probe` samples (catalogue order,
         so every rank gets the same number)."""
         seen: list[int] = []
-        for url, _ in src.shards:
-            for sample in read_shard(url):
-                seen.append(estimate_tokens(sample, self.mix.decode))
-                if len(seen) >= self.mix.token_probe:
-                    return float(np.mean(seen))
+        for url, n in src.shards:
+            piece = reader.Piece(url, 0, n)
+            try:
+                for sample in src.reads.read(piece):
+                    seen.append(estimate_tokens(sample, self.mix.decode))
+                    if len(seen) >= self.mix.token_probe:
+                        return float(np.mean(seen))
+            except (ShardError, OSError) as e:
+                src.reads.damage(piece, 0, e)  # raises under damaged: stop
+        if not seen:
+            raise MixDamaged(f"source '{src.name}': no sample could be read to estimate its tokens per sample")
         return float(np.mean(seen))
 
     def pieces(self, epoch: int) -> list[list[list[reader.Piece]]]:
@@ -162,9 +172,10 @@ class MixDataset(IterableDataset):
         mine = [lane for lane in range(lanes) if (lane - start - w) % k == 0]
         used = self.plan.consumed(epoch, start, self.rank, lanes)
         pieces = self.pieces(epoch)
+        events: list[dict] = []  # shards skipped while reading (damaged: skip), reported with the next batch
         streams = {
             (s, lane): reader.stream(pieces[s][self.rank * lanes + lane], int(used[s, lane]),
-                                     (m.seed, tag(src.name), epoch, self.rank, lane))
+                                     (m.seed, tag(src.name), epoch, self.rank, lane), src.reads, events)
             for s, src in enumerate(self.sources) for lane in mine
         }
         b = start + w
@@ -172,15 +183,28 @@ class MixDataset(IterableDataset):
             while stop is None or b < stop:
                 lane = b % lanes
                 picks = [(s, *next(streams[(s, lane)])) for s in self.plan.order(epoch, b, self.rank)]
+                if m.exhaustion != "cycle" and any(p for _, p, _ in picks):
+                    s = next(s for s, p, _ in picks if p)
+                    raise MixDamaged(f"source '{self.sources[s].name}' ran out at global batch {b} of epoch {epoch} "
+                                     f"(rank {self.rank}, lane {lane}) after skipping damaged shards (damaged: skip); "
+                                     f"exhaustion: {m.exhaustion} never reads a sample twice in an epoch")
                 batch = self._batch(epoch, b, picks)
+                batch["damaged"], events[:] = events[:], []
                 self.epoch, self.batch = epoch, b + 1  # in-process use: the state follows what was yielded
                 yield batch
                 b += k
+            if error is not None and b == stop:  # only the worker whose turn it is raises, so it comes in order
+                raise MixExhausted(error)
+        except MixError as e:
+            if info is None:
+                raise
+            # a DataLoader worker: the error travels as the batch of its turn, so the trainer gets this
+            # one line (MixLoader raises it), not a worker traceback wrapped in another
+            yield {"__error__": (type(e).__name__, str(e)), "epoch": epoch, "batch": b}
+            return
         finally:
             for g in streams.values():
                 g.close()
-        if error is not None and b == stop:  # only the worker whose turn it is raises, so it comes in order
-            raise MixExhausted(error)
         self.epoch, self.batch = epoch + 1, 0
 
     def _batch(self, epoch: int, b: int, picks: list[tuple[int, int, dict]]) -> dict:
@@ -281,6 +305,7 @@ class MixLoader:
         self.realized: Counter = Counter()
         self.synthetic: Counter = Counter()
         self.tokens: Counter = Counter()
+        self.damaged: list[dict] = list(dataset.damaged)  # shards skipped (damaged: skip), never served
         self._dl = None
 
     def _loader(self):
@@ -301,12 +326,16 @@ class MixLoader:
         epoch = ds.epoch
         ds._publish()  # before iter(): fresh or persistent workers start from it
         for batch in self._loader():
+            if "__error__" in batch:
+                kind, message = batch["__error__"]
+                raise _ERRORS.get(kind, MixError)(message)
             ds.epoch, ds.batch = batch["epoch"], batch["batch"] + 1
             self._tally(batch)
             yield batch
         ds.epoch, ds.batch = epoch + 1, 0  # the epoch ran to its end
 
     def _tally(self, batch: dict) -> None:
+        self.damaged += batch.get("damaged", ())
         self.realized.update(batch["sources"])
         flags = batch.get("synthetic") or [c == "synthetic" for c in batch.get("caption", [])]
         self.synthetic.update(s for s, f in zip(batch["sources"], flags) if f)
@@ -318,6 +347,9 @@ class MixLoader:
 
     def load_state_dict(self, state: dict) -> None:
         self.dataset.load_state_dict(state)
+
+
+_ERRORS = {"MixDamaged": MixDamaged, "MixExhausted": MixExhausted}
 
 
 def as_is(batch: dict) -> dict:

@@ -32,6 +32,11 @@ class MixExhausted(MixError):
     """exhaustion: error, and a source ran out."""
 
 
+class MixDamaged(MixError):
+    """A shard that is missing, damaged, miscounted or differs from what was written (damaged: stop),
+    phrased as one line naming the source, the shard and the byte offset."""
+
+
 def tag(name: str) -> int:
     return zlib.crc32(name.encode())
 

@@ -18,6 +18,7 @@ class Stats:
     synthetic: Counter = field(default_factory=Counter)
     passes: Counter = field(default_factory=Counter)  # highest pass reached per source (1 = first)
     repeats: Counter = field(default_factory=Counter)  # samples seen again within the run
+    damaged: list = field(default_factory=list)  # shards skipped (damaged: skip): {source, shard, error, skipped}
     end: str = ""
 
     def rows(self) -> list[dict]:
@@ -38,12 +39,15 @@ class Stats:
             lines.append(f"{r['source']:<16}{r['weight']:>8g}{r['target']:>8.2%}{r['samples']:>10}{r['share']:>8.2%}"
                          f"{r['tokens']:>12}{r['token_share']:>10.2%}{r['synthetic']:>8}{r['passes']:>8}"
                          f"{r['repeats']:>9}")
+        for d in self.damaged:
+            lines.append(f"skipped (damaged: skip, never served): {d['error']}"
+                         + (f" ({d['skipped']} samples)" if d.get("skipped") is not None else ""))
         return "\n".join(lines)
 
     def record(self) -> dict:
         """What was read, as plain data: the mixture as configured and each source's counts."""
         return {"mixture": self.mixture.model_dump(mode="json"), "batches": self.batches, "end": self.end,
-                "rows": self.rows()}
+                "rows": self.rows(), "damaged": self.damaged}
 
     def write(self, url: str) -> str:
         """`record()` as JSON at `url` (atomic; `mmdata report` reads `{workdir}/mixture/stats.json`)."""
@@ -66,8 +70,11 @@ def run(mixture: Mixture | str | Path, batches: int, *, world_size: int = 1, num
     for rank in range(world_size):
         ds = MixDataset(mix, rank=rank, world_size=world_size, num_workers=num_workers, decode=False)
         n = 0
+        ld = MixLoader(ds, num_workers=num_workers)
+        if rank:
+            ld.damaged = []  # the catalogue's skips are the same on every rank: counted once
         try:
-            for batch in MixLoader(ds, num_workers=num_workers):
+            for batch in ld:
                 for src, x, p, syn, tok in zip(batch["sources"], batch["samples"], batch["passes"], batch["synthetic"],
                                                batch["tokens"]):
                     out.samples[src] += 1
@@ -82,6 +89,7 @@ def run(mixture: Mixture | str | Path, batches: int, *, world_size: int = 1, num
                     break
         except MixExhausted as e:
             out.end = f"; stopped: {e}"
+        out.damaged += ld.damaged
         reached = max(reached, n)
     out.batches = reached
     if reached < batches and not out.end:

@@ -12,7 +12,8 @@ sidecars), `interleaved` and `text`. For each stream:
    record with its reason or its place goes to `_ledger.parquet`; `_plan.json` holds a digest.
 3. **Write** (one engine task per output shard): read the members by byte range straight from the
    input tars (no re-encode, one read per byte, local or s3://), add provenance, scores and the
-   synthetic caption to each json, and write the tar atomically. The engine's stats file is the
+   synthetic caption to each json, and write the tar atomically, then its member index
+   (`00000.members.json`: every member's offset, size and xxh3, checked by the sampler as it reads). The engine's stats file is the
    per-shard done marker, so a killed run redoes only unfinished shards, byte for byte the same.
 4. **Manifest** from the shards' stats, `manifest.parquet`, and the Energon folder.
 
@@ -217,7 +218,7 @@ class WriteTrainingShard(Stage):
         if not rows:
             raise samples.ShardError(f"plan for {shard.id} is empty")
         source = ShardSet(self.source)
-        sink = samples.TarSink(fsio.join(self.dest, f"{shard.id}.tar"))
+        sink = samples.TarSink(fsio.join(self.dest, f"{shard.id}.tar"), members=True)
         try:
             for i in range(0, len(rows), READ_BATCH):
                 batch = rows[i : i + READ_BATCH]
@@ -230,7 +231,8 @@ class WriteTrainingShard(Stage):
             raise
         info = sink.commit()
         return {"count": info.count, "successes": info.count, "status_dict": {"written": info.count},
-                "name": f"{shard.id}.tar", "bytes": info.bytes, "sha256": info.sha256, "url": info.url}
+                "name": f"{shard.id}.tar", "bytes": info.bytes, "sha256": info.sha256, "url": info.url,
+                "members": info.members.rsplit("/", 1)[-1], "members_sha256": info.members_sha256}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -414,7 +416,7 @@ def _remove_stale(state: str, dest: str, old: list[str], new: list[str]) -> None
     """Output shards of an earlier plan that the new plan does not have (their markers first)."""
     for name in sorted(set(old) - set(new)):
         for url in (fsio.join(state, f"{name}_stats.json"), fsio.join(dest, f"{name}.tar"),
-                    fsio.join(state, "plan", f"{name}.parquet")):
+                    fsio.join(dest, f"{name}{samples.MEMBERS_SUFFIX}"), fsio.join(state, "plan", f"{name}.parquet")):
             fsio.rm(url)
 
 

@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed
 # every stage is `make <stage> CONFIG=pipelines/....yaml [ARGS="--overwrite ..."]`
 STAGES := download filter dedup clipscore interleaved text shards check
 
-.PHONY: install test demo bench lint clean run eval ablate report chromium $(STAGES)
+.PHONY: install test demo bench lint clean run train eval ablate report chromium $(STAGES)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,11 @@ lint: install
 
 run: install
 	$(PY) -m mmdata run --config $(CONFIG) $(ARGS)
+
+# make train CONFIG=pipelines/mm1-tiny.yaml [ARGS="--set train.steps=50"]; several GPUs: torchrun --nproc-per-node N -m mmdata train ...
+train: CONFIG = $(if $(filter command line environment,$(origin CONFIG)),$(CONFIG),pipelines/mm1-tiny.yaml)
+train: install
+	$(PY) -m mmdata train --config $(CONFIG) $(ARGS)
 
 # evaluation: the demo's trained model by default; make eval CONFIG=pipelines/eval-coco.yaml ARGS="--model ..."
 eval: CONFIG = $(if $(filter command line environment,$(origin CONFIG)),$(CONFIG),pipelines/eval-demo.yaml)

@@ -194,6 +194,21 @@ def report(workdir: Annotated[str, typer.Argument(help="a workdir (local path or
 
 
 @app.command()
+def train(config: Annotated[Path, typer.Option("--config", "-c", help="training recipe (pipelines/mm1-*.yaml)")],
+          sets: Sets = None,
+          overwrite: Annotated[bool, typer.Option("--overwrite", help="delete the run folder and start over")] = False):
+    """Train (or resume) the reference MM1 model on a mixture; under torchrun, one process per device."""
+    from mmdata.mix import MixError
+    from mmdata.mm1 import train as tr
+    from mmdata.mm1.decoder import PackingError
+
+    try:
+        tr.run(config, sets or [], overwrite=overwrite, echo=typer.echo)
+    except (ConfigError, MixError, tr.TrainError, PackingError) as e:
+        fail(str(e))
+
+
+@app.command()
 def demo(config: Annotated[Path, typer.Option("--config", "-c", help="the demo recipe")] = Path("pipelines/demo.yaml"),
          sets: Sets = None, overwrite: Overwrite = False,
          corpus: Annotated[Path | None, typer.Option(help="demo corpus folder (default work/demo-corpus)")] = None,

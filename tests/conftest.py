@@ -158,3 +158,49 @@ def downloaded(tmp_path_factory, demo_corpus, demo_server, client):
         })
 
     return recipe(shared_once(tmp_path_factory, "downloaded", make))
+
+
+@pytest.fixture(scope="session")
+def demo_shards(tmp_path_factory, downloaded, demo_corpus, demo_server, client) -> Path:
+    """Training shards of the session's demo corpus, made by the real stages: filter and dedup over
+    `downloaded`, interleaved and text over the demo WARC, then `shards`. Returns the folder holding
+    captions/, interleaved/ and text/ (each with manifest.json), as the mixture YAMLs expect."""
+    from mmdata.config import Pipeline
+    from mmdata.stages import dedup, filter, interleaved, shards, text
+
+    def make(folder: Path) -> None:
+        warc = str(demo_corpus / "docs" / "pages.warc.gz")
+        fetch = {"connect_to": {"*.demo.mmdata.test": f"127.0.0.1:{demo_server.port}"}, "allow": ["127.0.0.1"]}
+        pipe = Pipeline(workdir=str(folder), engine={"progress": False}, download=downloaded.download,
+                        filter={"input": downloaded.download.output}, dedup={},
+                        interleaved={"input": warc, "fetch": fetch}, text={"input": warc},
+                        shards={"shard_samples": 64})
+        quiet = {"echo": lambda *_: None}
+        for stage, kw in ((filter, quiet), (dedup, quiet), (interleaved, {}), (text, {}), (shards, {})):
+            report = stage.run(pipe, client=client, **kw)
+            assert report.ok, report.summary()
+
+    return shared_once(tmp_path_factory, "demo-shards", make) / "shards"
+
+
+MM1_TINY_STEPS = 250
+
+
+@pytest.fixture(scope="session")
+def mm1_tiny(tmp_path_factory, demo_shards):
+    """The tiny MM1 (pipelines/mm1-tiny.yaml) trained once per session on `demo_shards` through
+    `mmdata.mm1.train.run`, captions-heavy so it learns to caption in a few hundred CPU steps.
+    Returns the run's Result (`.model` loads with `MM1.from_pretrained`, `.log` is log.jsonl)."""
+    from mmdata.mm1 import tiny, train
+
+    overrides = [f"train.steps={MM1_TINY_STEPS}", f"train.checkpoint_every={MM1_TINY_STEPS}", "train.progress=false",
+                 "data.seq_len=128", "data.num_workers=1", "train.threads=1"]
+    mix = ["global_batch=16", "sources.captions.weight=80", "sources.interleaved.weight=10", "sources.text.weight=10"]
+    result = {}
+
+    def make(folder: Path) -> None:
+        result["run"] = train.run(tiny.recipe(demo_shards, folder, overrides, mix), echo=lambda *_: None)
+
+    folder = shared_once(tmp_path_factory, "mm1-tiny", make)
+    return result.get("run") or train.Result(str(folder), str(folder / "log.jsonl"), None, str(folder / "model"),
+                                             MM1_TINY_STEPS, None)

@@ -1,4 +1,5 @@
-"""`make demo`: build the demo corpus (once), serve it on 127.0.0.1, run every stage of the recipe.
+"""`make demo`: build the demo corpus (once), serve it on 127.0.0.1, run every stage of the recipe,
+then the MM1 mixture over the training shards and a short run of the tiny MM1 trainer on them.
 
 The recipe reaches the corpus and the server through `${MMDATA_DEMO_CORPUS}` and
 `${MMDATA_DEMO_PORT}`, so the same YAML works whatever port the server got.
@@ -43,6 +44,7 @@ def run(
     overwrite: bool = False,
     mixture: str | os.PathLike | None = "pipelines/mixtures/mm1.yaml",
     mix_batches: int = 20,
+    train: str | os.PathLike | None = "pipelines/mm1-tiny.yaml",
     echo=print,
 ) -> list:
     folder = Path(corpus or os.environ.get("MMDATA_DEMO_CORPUS") or "work/demo-corpus").resolve()
@@ -70,6 +72,8 @@ def run(
         counted = mix_stats.run(mixture, mix_batches, overrides=["global_batch=64", "lanes=2"])
         echo(counted.table())
         counted.write(fsio.join(pipe.workdir, MIX_STATS))
+        if train:
+            train_tiny(train, pipe.stage_dir("shards"), pipe.workdir, echo)
     where(pipe, echo)
     return reports
 
@@ -92,3 +96,16 @@ def where(pipe: config.Pipeline, echo=print) -> None:
     for results in w.named("results.jsonl"):
         echo(f"  {'evaluation':<20}{w.join(results)}")
     echo(f"  {'report':<20}{report}")
+
+
+def train_tiny(recipe: str | os.PathLike, shards: str, workdir: str, echo=print) -> None:
+    """The reference trainer on the shards just written: the tiny MM1, then its captions of held-out images."""
+    from mmdata.mm1 import MM1, train
+    from mmdata.mm1.probe import caption_probe
+
+    echo(f"training the tiny MM1 ({recipe}) on {shards}")
+    result = train.run(train.load_recipe(recipe, [f"out={workdir.rstrip('/')}/mm1-tiny"]), echo=echo)
+    probe = caption_probe(MM1.from_pretrained(result.model), n=64)
+    echo(f"mm1-tiny: {probe.line()}")
+    for truth, said in probe.examples[:3]:
+        echo(f"  image of {truth!r} -> {said!r}")

@@ -1,0 +1,179 @@
+"""The MM1 trainer end to end on the demo's training shards (the session's `demo_shards`), through
+`mmdata.mm1.train.run`, `python -m mmdata train` and `torchrun`: it learns to caption, a SIGKILL
+resumes exactly, 2-process DDP and FSDP match 1 process, the GPU benchmark's code runs on CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from mmdata.mm1 import MM1, tiny, train
+from mmdata.mm1.metrics import read_log
+from mmdata.mm1.probe import caption_probe
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+QUIET = ["train.progress=false", "train.threads=1", "data.num_workers=1"]
+SMALL = [*QUIET, "data.seq_len=128"]
+SMALL_MIX = ["global_batch=8"]
+
+
+def write_recipe(path: Path, recipe) -> Path:
+    path.write_text(yaml.safe_dump(recipe.model_dump(mode="json", exclude_none=True), sort_keys=False))
+    return path
+
+
+def losses(log: str) -> list[tuple[int, float, int, int]]:
+    return [(r["step"], r["loss"], r["epoch"], r["batch"]) for r in read_log(log)]
+
+
+# -- learning
+
+
+def test_tiny_mm1_learns_to_caption_held_out_demo_images(mm1_tiny):
+    log = read_log(mm1_tiny.log)
+    assert [r["step"] for r in log] == list(range(1, len(log) + 1)) and len(log) >= 200
+    first = sum(r["loss"] for r in log[:10]) / 10
+    last = sum(r["loss"] for r in log[-10:]) / 10
+    assert last < 0.5 * first, (first, last)
+    assert all(0 <= r["data_share"] <= 1 and r["tokens_per_s"] > 0 and r["images"] > 0 for r in log)
+    assert log[0]["lr"]["decoder"] < log[30]["lr"]["decoder"]  # warm-up, then cosine decay
+    assert log[-1]["lr"]["decoder"] == pytest.approx(0.1 * 0.002, rel=0.05)
+
+    model = MM1.from_pretrained(mm1_tiny.model)
+    probe = caption_probe(model, n=64, seed=1)
+    print(probe.line(), probe.examples)
+    # chance is 1/8 for each: the model sees what it describes
+    assert probe.colour >= 0.5 and probe.shape >= 0.35, probe.line()
+
+
+# -- resume
+
+
+def test_sigkill_then_resume_continues_the_exact_stream_and_loss_curve(demo_shards, mm1_tiny, tmp_path):
+    tokenizer = f"{mm1_tiny.out}/tokenizer"  # one tokenizer for every run compared here
+    over = [*SMALL, "train.steps=12", "train.checkpoint_every=3", "train.keep=2", "model.decoder.train_tokenizer=null",
+            f"model.decoder.tokenizer={tokenizer}"]
+    ref = train.run(tiny.recipe(demo_shards, tmp_path / "ref", over, SMALL_MIX), echo=lambda *_: None)
+
+    cfg = write_recipe(tmp_path / "run.yaml", tiny.recipe(demo_shards, tmp_path / "run", over, SMALL_MIX))
+    cmd = [sys.executable, "-m", "mmdata", "train", "--config", str(cfg)]
+    log = tmp_path / "run" / "log.jsonl"
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 240
+        while not (log.exists() and any(json.loads(x)["step"] >= 4 for x in log.read_text().splitlines() if x)):
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.time() < deadline, "the run never reached step 4"
+            time.sleep(0.02)
+        assert proc.poll() is None  # killed mid-run
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    done = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir() if (p / "done.json").exists())
+    assert done and done[-1] >= "step-00000003" and "step-00000012" not in done
+
+    again = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300, check=False)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "resumed" in again.stdout
+    got, want = losses(str(log)), losses(ref.log)
+    assert [s for s, *_ in got] == list(range(1, 13))  # each step once: the killed run's extra records trimmed
+    assert [(e, b) for _, _, e, b in got] == [(e, b) for _, _, e, b in want]  # the same batches
+    for (s, a, *_), (_, b, *_) in zip(got, want):
+        assert a == pytest.approx(b, rel=1e-6, abs=1e-7), f"step {s}"
+    # the final weights too
+    a = MM1.from_pretrained(str(tmp_path / "run" / "model"))
+    b = MM1.from_pretrained(ref.model)
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6, msg=name)
+    # keep: 2 -> only the newest two complete checkpoints remain
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-00000009", "step-00000012"]
+
+
+def test_resume_refuses_changed_settings(demo_shards, mm1_tiny, tmp_path):
+    over = [*SMALL, "train.steps=2", "train.checkpoint_every=1", "model.decoder.train_tokenizer=null",
+            f"model.decoder.tokenizer={mm1_tiny.out}/tokenizer"]
+    cfg = write_recipe(tmp_path / "r.yaml", tiny.recipe(demo_shards, tmp_path / "run", over, SMALL_MIX))
+    first = subprocess.run([sys.executable, "-m", "mmdata", "train", "-c", str(cfg)], cwd=ROOT, env=ENV,
+                           capture_output=True, text=True, timeout=300, check=False)
+    assert first.returncode == 0, first.stderr[-2000:]
+    changed = subprocess.run([sys.executable, "-m", "mmdata", "train", "-c", str(cfg), "--set", "optim.lr=0.01",
+                              "--set", "train.steps=4"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300, check=False)
+    assert changed.returncode == 2
+    line = changed.stderr.strip()
+    assert line.startswith("error: ") and "optim.lr: 0.002 -> 0.01" in line and "Traceback" not in line
+
+
+# -- distributed
+
+
+@pytest.fixture(scope="module")
+def one_process(demo_shards, mm1_tiny, tmp_path_factory):
+    """4 steps of 1 process reading both data ranks of a 2-rank stream (the doubled batch)."""
+    over = [*SMALL, "train.steps=4", "data.data_ranks=2", "model.decoder.train_tokenizer=null",
+            f"model.decoder.tokenizer={mm1_tiny.out}/tokenizer"]
+    out = tmp_path_factory.mktemp("one")
+    return over, train.run(tiny.recipe(demo_shards, out / "run", over, SMALL_MIX), echo=lambda *_: None)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_processes_match_one_process_with_the_doubled_batch(strategy, one_process, demo_shards, tmp_path):
+    over, one = one_process
+    cfg = write_recipe(tmp_path / "r.yaml",
+                       tiny.recipe(demo_shards, tmp_path / "run", [*over, f"train.strategy={strategy}"], SMALL_MIX))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "mmdata", "train", "-c", str(cfg)]
+    res = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=400, check=False)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"2 process(es) x 1 data rank(s), cpu, fp32, strategy {strategy}" in res.stdout
+    got, want = losses(str(tmp_path / "run" / "log.jsonl")), losses(one.log)
+    assert [s for s, *_ in got] == [1, 2, 3, 4]
+    for (s, a, *_), (_, b, *_) in zip(got, want):
+        assert a == pytest.approx(b, rel=2e-5), f"step {s}: {a} vs {b}"
+    # one sampler state per data rank, written by the rank that read it
+    ck = tmp_path / "run" / "checkpoints" / "step-00000004"
+    assert sorted(p.name for p in ck.glob("sampler-*.json")) == ["sampler-00000.json", "sampler-00001.json"]
+    # and a 2-process run's checkpoint continues in 1 process (same data ranks)
+    a = MM1.from_pretrained(str(tmp_path / "run" / "model"))
+    b = MM1.from_pretrained(one.model)
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        torch.testing.assert_close(x, y, rtol=1e-3, atol=1e-5, msg=name)
+
+
+def test_the_gpu_benchmark_path_runs_on_cpu_at_toy_size(tmp_path):
+    """benchmarks/bench_train.py's GPU configuration (C-Abstractor to 144 tokens, packed sequences of
+    several images, bf16 autocast, MFU) through the same functions, at toy width on CPU."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_train", ROOT / "benchmarks" / "bench_train.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    shards = bench.build_shards(tmp_path / "shards", n_pairs=40, n_docs=12, n_text=12)
+    encoder = {**bench.VIT_L_336, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+               "num_attention_heads": 2, "image_size": 56}
+    decoder = {**bench.LLAMA_1B, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1,
+               "num_attention_heads": 4, "num_key_value_heads": 2}
+    recipe = bench.gpu_recipe(shards, tmp_path / "run", steps=3, encoder=encoder, decoder=decoder, image_size=56,
+                              seq_len=768, global_batch=8, micro_batch=2, device="cpu", compile=False, vocab=400,
+                              num_workers=1, peak_tflops=1.0)
+    assert recipe.train.precision == "bf16" and recipe.model.connector.tokens == 144
+    res = train.run(recipe.model_copy(update={"train": recipe.train.model_copy(update={"threads": 1})}),
+                    echo=lambda *_: None)
+    log = read_log(res.log)
+    assert len(log) == 3 and all(r["images"] > 0 and 0 < r["mfu"] < 1 for r in log)
+    assert max(r["images"] / r["sequences"] for r in log) > 1  # several images share a packed sequence
+    s = bench.summarise(res.log, skip=0)
+    assert s["tokens_per_s"] > 0 and 0 <= s["data_share"] <= 1

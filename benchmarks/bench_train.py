@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mmdata.shards import ShardWriter
+from mmdata.samples import ShardWriter
 
 ROOT = Path(__file__).resolve().parent.parent
 WARMUP = 5  # steps left out of every average: worker start-up, allocator warm-up, compilation
@@ -134,7 +134,7 @@ LLAMA_1B = {"model_type": "llama", "hidden_size": 2048, "intermediate_size": 819
 def gpu_recipe(shards: Path, out: Path, *, steps: int, encoder: dict = VIT_L_336, decoder: dict = LLAMA_1B,
                image_size: int = 336, seq_len: int = 4096, global_batch: int = 64, micro_batch: int = 4,
                device: str = "cuda", precision: str = "bf16", compile: bool = True, attn: str = "sdpa",
-               vocab: int = 8192, num_workers: int = 6, peak_tflops: float | None = None):
+               vocab: int = 8192, num_workers: int = 6, peak_tflops: float | None = None, connector_hidden: int = 1024):
     """MM1's ablation scale (ViT-L/14 336 px, C-Abstractor 144 tokens, ~1B LLM, 4096 tokens, <= 16 images)."""
     from mmdata.mm1.config import TrainRecipe
 
@@ -145,7 +145,7 @@ def gpu_recipe(shards: Path, out: Path, *, steps: int, encoder: dict = VIT_L_336
                                 for s, w in (("captions", 45), ("interleaved", 45), ("text", 10))},
                     "decode": {"image_size": image_size, "max_images": 16, "image_tokens": 144}},
         "model": {"encoder": {"config": encoder},
-                  "connector": {"type": "c-abstractor", "tokens": 144, "depth": 3, "hidden": 1024},
+                  "connector": {"type": "c-abstractor", "tokens": 144, "depth": 3, "hidden": connector_hidden},
                   "decoder": {"config": decoder, "train_tokenizer": {"vocab_size": vocab, "samples": 400},
                               "attn_implementation": attn}},
         "data": {"seq_len": seq_len, "micro_batch": micro_batch, "num_workers": num_workers, "prefetch": 4},

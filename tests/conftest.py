@@ -166,7 +166,7 @@ def demo_shards(tmp_path_factory, downloaded, demo_corpus, demo_server, client) 
     `downloaded`, interleaved and text over the demo WARC, then `shards`. Returns the folder holding
     captions/, interleaved/ and text/ (each with manifest.json), as the mixture YAMLs expect."""
     from mmdata.config import Pipeline
-    from mmdata.stages import dedup, filter, interleaved, shards, text
+    from mmdata.stages import dedup, filter, interleaved, text, training_shards
 
     def make(folder: Path) -> None:
         warc = str(demo_corpus / "docs" / "pages.warc.gz")
@@ -176,26 +176,26 @@ def demo_shards(tmp_path_factory, downloaded, demo_corpus, demo_server, client) 
                         interleaved={"input": warc, "fetch": fetch}, text={"input": warc},
                         shards={"shard_samples": 64})
         quiet = {"echo": lambda *_: None}
-        for stage, kw in ((filter, quiet), (dedup, quiet), (interleaved, {}), (text, {}), (shards, {})):
+        for stage, kw in ((filter, quiet), (dedup, quiet), (interleaved, {}), (text, {}), (training_shards, {})):
             report = stage.run(pipe, client=client, **kw)
             assert report.ok, report.summary()
 
     return shared_once(tmp_path_factory, "demo-shards", make) / "shards"
 
 
-MM1_TINY_STEPS = 250
+MM1_TINY_STEPS = 300
 
 
 @pytest.fixture(scope="session")
 def mm1_tiny(tmp_path_factory, demo_shards):
     """The tiny MM1 (pipelines/mm1-tiny.yaml) trained once per session on `demo_shards` through
-    `mmdata.mm1.train.run`, captions-heavy so it learns to caption in a few hundred CPU steps.
+    `mmdata.mm1.train.run`, on their captions only, so it learns to caption in a few hundred CPU steps.
     Returns the run's Result (`.model` loads with `MM1.from_pretrained`, `.log` is log.jsonl)."""
     from mmdata.mm1 import tiny, train
 
     overrides = [f"train.steps={MM1_TINY_STEPS}", f"train.checkpoint_every={MM1_TINY_STEPS}", "train.progress=false",
                  "data.seq_len=128", "data.num_workers=1", "train.threads=1"]
-    mix = ["global_batch=16", "sources.captions.weight=80", "sources.interleaved.weight=10", "sources.text.weight=10"]
+    mix = ["global_batch=16", "sources.captions.weight=100", "sources.interleaved.weight=0", "sources.text.weight=0"]
     result = {}
 
     def make(folder: Path) -> None:

@@ -21,7 +21,7 @@ import re
 import numpy as np
 import torch
 
-from mmdata import shards as io
+from mmdata import fsio as io
 
 STEP_DIR = re.compile(r"step-(\d{8})$")
 
@@ -49,8 +49,13 @@ def latest(root: str) -> tuple[int, str] | None:
 
 
 def save_torch(url: str, obj) -> None:
-    with io.atomic_open(url) as f:
-        torch.save(obj, f)
+    f = io.AtomicFile(url)  # streamed into a temp file: a large state dict is never held twice in memory
+    try:
+        torch.save(obj, f.file)
+    except BaseException:
+        f.discard()
+        raise
+    f.commit()
 
 
 def load_torch(url: str):

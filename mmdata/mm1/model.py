@@ -117,8 +117,9 @@ class MM1(nn.Module):
 
     # -- generation
 
-    def _image(self, x) -> torch.Tensor:
-        """A prompt image -> [3, S, S] uint8 or normalised float, prepared as in training."""
+    def prepare_image(self, x) -> torch.Tensor:
+        """A prompt image (PIL, encoded bytes, or a [3, S, S] tensor) -> [3, S, S] uint8 or normalised
+        float, resized exactly as the training decoder resized (the mixture's decode settings)."""
         if isinstance(x, torch.Tensor):
             if x.shape[-1] != self.image.size or x.shape[-2] != self.image.size:
                 raise ValueError(f"image tensor {tuple(x.shape)} is not {self.image.size} px; pass PIL images or bytes "
@@ -134,6 +135,8 @@ class MM1(nn.Module):
         d = Decoder(MixDecodeConfig(image_size=self.image.size, resize=self.image.resize, mean=self.image.mean,
                                     std=self.image.std))
         return torch.from_numpy(d.image(bytes(x)).copy()).permute(2, 0, 1).contiguous()
+
+    _image = prepare_image  # the name the evaluation first used
 
     @torch.no_grad()
     def generate(self, sequences: list[list], *, max_new_tokens: int = 20, num_beams: int = 1,
@@ -159,7 +162,7 @@ class MM1(nn.Module):
                     slots.append(x)
                 else:
                     slots.append(len(images))
-                    images.append(self._image(x))
+                    images.append(self.prepare_image(x))
             encs.append(self.codec.encode(slots, eos=False))
         width = max(len(e.ids) for e in encs)
         ids = torch.full((len(encs), width), self.codec.pad, dtype=torch.int64)
@@ -201,7 +204,7 @@ class MM1(nn.Module):
         (local path or fsspec URL; remote targets are written locally, then uploaded)."""
         from safetensors.torch import save_file
 
-        from mmdata import shards as io_
+        from mmdata import fsio as io_
 
         fs, path = io_.fs_path(url)
         local = io_.is_local(url)
@@ -228,7 +231,7 @@ class MM1(nn.Module):
         """Load what `save_pretrained` wrote (a local folder or an fsspec URL)."""
         from safetensors.torch import load_file
 
-        from mmdata import shards as io_
+        from mmdata import fsio as io_
 
         with tempfile.TemporaryDirectory(prefix="mm1-load-") as tmp:
             if io_.is_local(url):

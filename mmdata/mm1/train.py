@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from mmdata import config as cfgmod
-from mmdata import shards as io
+from mmdata import fsio as io
 from mmdata.config import Mixture
 from mmdata.mm1 import checkpoint as ck
 from mmdata.mm1 import dist as dd
@@ -37,6 +37,7 @@ from mmdata.mm1.config import TrainRecipe
 from mmdata.mm1.metrics import FlopCounter, StepLog, device_peak
 from mmdata.mm1.model import MM1, ImageSpec
 from mmdata.mm1.pack import IGNORE, Packer
+from mmdata.samples import read_shard
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +163,7 @@ def corpus(mix: Mixture, per_source: int):
             continue
         n = 0
         for url, _ in reader.catalogue(name, src.shards):
-            for sample in io.read_shard(url):
+            for sample in read_shard(url):
                 yield from sample_text(sample)
                 n += 1
                 if n >= per_source:
@@ -333,7 +334,8 @@ def _run(recipe: TrainRecipe, d: dd.Dist, overwrite: bool, echo) -> Result:
          f"{'bf16' if bf16 else 'fp32'}, strategy {d.strategy}")
 
     log_url = io.join(recipe.out, "log.jsonl")
-    log_local = log_url if io.is_local(recipe.out) else os.path.join(tempfile.mkdtemp(prefix="mm1-log-"), "log.jsonl")
+    log_tmp = None if io.is_local(recipe.out) else tempfile.mkdtemp(prefix="mm1-log-")  # S3 has no append
+    log_local = log_url if log_tmp is None else os.path.join(log_tmp, "log.jsonl")
     if d.main and not io.is_local(recipe.out) and io.exists(log_url):
         Path(log_local).write_bytes(io.read_bytes(log_url))
     logger = StepLog(log_local, t.steps, step, progress=t.progress, tensorboard=t.tensorboard) if d.main else None
@@ -342,7 +344,7 @@ def _run(recipe: TrainRecipe, d: dd.Dist, overwrite: bool, echo) -> Result:
 
     def save(at: int) -> str:
         url = _save(ckroot, at, wrapped, opt, sched, loaders, d, data_ranks, fp, fp_data, t.keep)
-        if d.main and not io.is_local(recipe.out):
+        if d.main and log_tmp is not None:
             io.atomic_write(log_url, Path(log_local).read_bytes())
         return url
 
@@ -409,8 +411,9 @@ def _run(recipe: TrainRecipe, d: dd.Dist, overwrite: bool, echo) -> Result:
     model_url = io.join(recipe.out, "model")
     _export(wrapped, model, recipe, tok, mix, d, model_url)
     if d.main:
-        if not io.is_local(recipe.out):
+        if log_tmp is not None:
             io.atomic_write(log_url, Path(log_local).read_bytes())
+            shutil.rmtree(log_tmp, ignore_errors=True)
         echo(f"done: step {step}, loss {last_loss if last_loss is None else round(last_loss, 4)}; "
              f"log {log_url}; checkpoint {last_ck}; model {model_url}")
     d.barrier()

@@ -38,11 +38,15 @@ class Dist:
 
     def sum(self, x: float) -> float:
         """Sum of a number over ranks (float64, exact for counts)."""
+        return self.sums([x])[0]
+
+    def sums(self, xs: list[float]) -> list[float]:
+        """Sums over ranks of several numbers, in one all-reduce."""
         if self.world == 1:
-            return x
-        t = torch.tensor([float(x)], dtype=torch.float64, device=self.comm_device)
+            return [float(x) for x in xs]
+        t = torch.tensor([float(x) for x in xs], dtype=torch.float64, device=self.comm_device)
         tdist.all_reduce(t)
-        return t.item()
+        return t.tolist()
 
     def max(self, x: int) -> int:
         if self.world == 1:

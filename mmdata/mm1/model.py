@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from mmdata.mix.decode import normalize
 from mmdata.mm1 import decoder as dec
 from mmdata.mm1 import tokenizer as tk
 from mmdata.mm1.config import ModelConfig
@@ -42,10 +43,19 @@ class ImageSpec:
     mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
     std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
     resize: str = "center_crop"
+    draft: float = 1.0
 
     @classmethod
     def from_decode(cls, d) -> ImageSpec:
-        return cls(d.image_size, tuple(d.mean), tuple(d.std), d.resize)
+        return cls(d.image_size, tuple(d.mean), tuple(d.std), d.resize, d.draft)
+
+    def decoder(self):
+        """The mixture's own image decoder with these settings (prompts prepared as training images were)."""
+        from mmdata.config import MixDecodeConfig
+        from mmdata.mix.decode import Decoder
+
+        return Decoder(MixDecodeConfig(image_size=self.size, resize=self.resize, mean=self.mean, std=self.std,
+                                       draft=self.draft))
 
 
 class MM1(nn.Module):
@@ -67,14 +77,18 @@ class MM1(nn.Module):
         if check_packing:
             dec.check_packing(self.decoder)
 
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
     # -- pieces of the forward
 
     def pixels(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 [N,3,S,S] -> normalised float on the model's device; floats pass (already normalised)."""
-        x = x.to(self.mean.device, non_blocking=True)
+        """uint8 [N,3,S,S] (what the mixture hands over) -> normalised float32 on the model's device, the
+        maths done there; floats (already normalised, e.g. by `mix.decode.Normalize`) pass through."""
         if x.dtype == torch.uint8:
-            return (x.float().div_(255) - self.mean) / self.std
-        return x.float()
+            return normalize(x, (self.image.mean, self.image.std), self.mean.device)
+        return x.to(self.mean.device, torch.float32, non_blocking=True)
 
     def image_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         """[N,3,S,S] -> [N, Q, llm width]."""
@@ -125,16 +139,11 @@ class MM1(nn.Module):
                 raise ValueError(f"image tensor {tuple(x.shape)} is not {self.image.size} px; pass PIL images or bytes "
                                  "to have them resized as in training")
             return x
-        from mmdata.config import MixDecodeConfig
-        from mmdata.mix.decode import Decoder
-
         if not isinstance(x, bytes | bytearray):  # a PIL image: through the training decoder's exact resize
             buf = io.BytesIO()
             x.save(buf, format="PNG")
             x = buf.getvalue()
-        d = Decoder(MixDecodeConfig(image_size=self.image.size, resize=self.image.resize, mean=self.image.mean,
-                                    std=self.image.std))
-        return torch.from_numpy(d.image(bytes(x)).copy()).permute(2, 0, 1).contiguous()
+        return self.image.decoder().image(bytes(x)).contiguous()
 
     _image = prepare_image  # the name the evaluation first used
 

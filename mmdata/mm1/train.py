@@ -142,9 +142,9 @@ def param_groups(model: MM1, recipe: TrainRecipe) -> tuple[list[dict], dict[str,
 
 def sample_text(sample: dict) -> list[str]:
     """The text of a raw shard sample (caption, synthetic caption, document text), no images decoded."""
-    from mmdata.mix.decode import kind_of, meta
+    from mmdata.mix.decode import kind_of, parse
 
-    rec = meta(sample)
+    rec = parse(sample)
     kind = kind_of(sample, rec)
     if kind == "interleaved":
         return [s["text"] for s in rec.get("slots", []) if s.get("type") == "text" and s.get("text")]
@@ -383,18 +383,20 @@ def _run(recipe: TrainRecipe, d: dd.Dist, overwrite: bool, echo) -> Result:
             opt.step()
             sched.step()
             step += 1
-            loss = d.sum(loss_sum.item()) / max(n_targets, 1.0)  # the .item() waits for the device
+            # one all-reduce for the step's numbers; the .item() waits for the device
+            loss, tokens, images, sequences = d.sums([
+                loss_sum.item(), b["input_ids"].numel() - b["pack"]["padding"], int(b["n_images"].sum()),
+                b["input_ids"].shape[0]])
+            loss /= max(n_targets, 1.0)
             t_step = time.perf_counter() - t0
             last_loss = loss
 
             if step % t.log_every == 0 or step == t.steps:
-                tokens = d.sum(b["input_ids"].numel() - b["pack"]["padding"])
-                images = d.sum(int(b["n_images"].sum()))
                 rec = {
                     "step": step, "loss": loss, "lr": {g["part"]: g["lr"] for g in opt.param_groups},
                     "grad_norm": None if gnorm is None else float(_full(gnorm)),
                     "tokens": int(tokens), "targets": int(n_targets), "images": int(images),
-                    "sequences": int(d.sum(b["input_ids"].shape[0])), "micro_batches": n_micro,
+                    "sequences": int(sequences), "micro_batches": n_micro,
                     "tokens_per_s": tokens / t_step, "images_per_s": images / t_step,
                     "step_s": t_step, "data_s": t_data, "compute_s": t_step - t_data, "data_share": t_data / t_step,
                     "mfu": None if peak is None else flops.step(int(tokens), int(images)) / (t_step * peak * d.world),

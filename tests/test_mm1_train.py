@@ -65,7 +65,7 @@ def test_tiny_mm1_learns_to_caption_held_out_demo_images(mm1_tiny):
 # -- resume
 
 
-def test_sigkill_then_resume_continues_the_exact_stream_and_loss_curve(demo_shards, mm1_tiny, tmp_path):
+def test_sigkill_resume_continues_exactly_and_refuses_other_settings(demo_shards, mm1_tiny, tmp_path):
     tokenizer = f"{mm1_tiny.out}/tokenizer"  # one tokenizer for every run compared here
     over = [*SMALL, "train.steps=8", "train.checkpoint_every=2", "train.keep=2", "model.decoder.train_tokenizer=null",
             f"model.decoder.tokenizer={tokenizer}"]
@@ -107,19 +107,13 @@ def test_sigkill_then_resume_continues_the_exact_stream_and_loss_curve(demo_shar
     # keep: 2 -> only the newest two complete checkpoints remain
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-00000006", "step-00000008"]
 
-
-def test_resume_refuses_changed_settings(demo_shards, mm1_tiny, tmp_path):
-    over = [*SMALL, "train.steps=1", "model.decoder.train_tokenizer=null",
-            f"model.decoder.tokenizer={mm1_tiny.out}/tokenizer"]
-    recipe = tiny.recipe(demo_shards, tmp_path / "run", over, SMALL_MIX)
-    train.run(recipe, echo=lambda *_: None)
-    cfg = write_recipe(tmp_path / "r.yaml", recipe)
-    cmd = [sys.executable, "-m", "mmdata", "train", "-c", str(cfg), "--set", "optim.lr=0.01", "--set", "data.num_workers=2"]
-    changed = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300, check=False)
+    # the finished run refuses other settings in one line, naming them; a pace knob may change
+    changed = subprocess.run([*cmd, "--set", "optim.lr=0.01", "--set", "data.num_workers=2"], cwd=ROOT, env=ENV,
+                             capture_output=True, text=True, timeout=300, check=False)
     assert changed.returncode == 2
     line = changed.stderr.strip()
-    assert line.startswith("error: ") and "optim.lr: 0.002 -> 0.01" in line and "Traceback" not in line
-    assert "num_workers" not in line  # a pace knob may change on resume
+    assert line.startswith("error: ") and "optim.lr: 0.002 -> 0.01" in line and "\n" not in line, line
+    assert "num_workers" not in line
 
 
 def test_a_run_on_s3_checkpoints_resumes_and_exports(demo_shards, mm1_tiny, s3):

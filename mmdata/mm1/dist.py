@@ -85,9 +85,17 @@ def wrap(model: nn.Module, d: Dist, *, bf16: bool) -> nn.Module:
     if d.strategy == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 
+        import inspect
+        import warnings
+
         ids = [torch.device(d.device).index] if d.device.startswith("cuda") else None
-        # buffers never change in training; broadcasting them each forward would be a collective per micro-batch
-        return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+        # buffers never change in training; syncing them each forward would be a collective per micro-batch
+        newer = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+        kw = {"forward_sync_buffers": False} if newer else {"broadcast_buffers": False}
+        # a depthwise conv's weight [C, 1, 3, 3] gets its gradient with another stride on the size-1 axis: the
+        # same memory layout, reported by the reducer as a possible slowdown on every step
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+        return DistributedDataParallel(model, device_ids=ids, **kw)
     if d.strategy == "fsdp":
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 

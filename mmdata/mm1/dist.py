@@ -83,10 +83,10 @@ def shutdown() -> None:
 
 def wrap(model: nn.Module, d: Dist, *, bf16: bool) -> nn.Module:
     if d.strategy == "ddp":
-        from torch.nn.parallel import DistributedDataParallel
-
         import inspect
         import warnings
+
+        from torch.nn.parallel import DistributedDataParallel
 
         ids = [torch.device(d.device).index] if d.device.startswith("cuda") else None
         # buffers never change in training; syncing them each forward would be a collective per micro-batch

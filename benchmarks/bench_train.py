@@ -17,12 +17,14 @@ The same `gpu_recipe` runs in the tests at toy size on CPU (tests/test_mm1_train
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+from mmdata import manifest
 from mmdata.samples import ShardWriter
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,9 +75,10 @@ def build_shards(root: Path, n_pairs: int = 600, n_docs: int = 120, n_text: int 
                 else:
                     text = "\n\n".join(paragraph(im.random_concept(rng)) for _ in range(int(rng.integers(3, 9))))
                     w.write({"__key__": key, "txt": text, "json": {"key": key, "kind": "text"}})
-        shards = sorted(p.name for p in (root / name).glob("*.tar"))
-        counts = [min(200, n - 200 * k) for k in range(len(shards))]
-        (root / name / "manifest.json").write_text(json.dumps({"shards": [{"name": s, "count": c} for s, c in zip(shards, counts)]}))
+        tars = sorted((root / name).glob("*.tar"))
+        entries = [{"name": t.name, "count": min(200, n - 200 * k), "bytes": t.stat().st_size,
+                    "sha256": hashlib.sha256(t.read_bytes()).hexdigest()} for k, t in enumerate(tars)]
+        manifest.write(str(root / name), manifest.build(name, entries))  # what the `shards` stage writes
     return root
 
 

@@ -175,9 +175,8 @@ def demo_shards(tmp_path_factory, downloaded, demo_corpus, demo_server, client) 
                         filter={"input": downloaded.download.output}, dedup={},
                         interleaved={"input": warc, "fetch": fetch}, text={"input": warc},
                         shards={"shard_samples": 64})
-        quiet = {"echo": lambda *_: None}
-        for stage, kw in ((filter, quiet), (dedup, quiet), (interleaved, {}), (text, {}), (training_shards, {})):
-            report = stage.run(pipe, client=client, **kw)
+        for stage in (filter, dedup, interleaved, text, training_shards):
+            report = stage.run(pipe, client=client)
             assert report.ok, report.summary()
 
     return shared_once(tmp_path_factory, "demo-shards", make) / "shards"

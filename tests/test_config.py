@@ -77,11 +77,12 @@ def test_every_shipped_recipe_loads():
     try:
         from mmdata.eval.ablate import AblateConfig
         from mmdata.eval.harness import EvalConfig
+        from mmdata.mm1.config import TrainRecipe
 
         recipes = sorted(root.glob("*.yaml"))
         assert recipes
-        # pipeline recipes, and the evaluation and ablation recipes by their name
-        kinds = {"eval-": EvalConfig, "ablate": AblateConfig}
+        # pipeline recipes, and the evaluation, ablation and training recipes by their name
+        kinds = {"eval-": EvalConfig, "ablate": AblateConfig, "mm1-": TrainRecipe}
         for path in recipes:
             load(path, next((m for prefix, m in kinds.items() if path.name.startswith(prefix)), Pipeline))
     finally:

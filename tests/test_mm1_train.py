@@ -27,7 +27,7 @@ SMALL = [*QUIET, "data.seq_len=128"]
 SMALL_MIX = ["global_batch=8"]
 # the session's demo shards and tiny MM1 are made by the first test that needs them (about 2 minutes on a
 # quiet 2-core machine: download, filter, dedup, interleaved, text, shards, 300 training steps)
-pytestmark = pytest.mark.timeout(900)
+pytestmark = pytest.mark.timeout(1800)
 
 
 def write_recipe(path: Path, recipe) -> Path:
@@ -60,6 +60,31 @@ def test_tiny_mm1_learns_to_caption_held_out_demo_images(mm1_tiny):
     # shape it is, a tiny ViT does not learn from a few hundred images: docs/trainer.md, "What the tiny
     # model learns".
     assert probe.colour >= 0.35 and probe.background >= 0.35, probe.line()
+
+
+def test_the_evaluation_scores_what_the_trainer_trained(mm1_tiny):
+    """`mmdata.eval`'s wrapper over the exported model: a continuation's log-probability is exactly
+    minus the trainer's loss on the same tokens, and its captions are the model's own."""
+    from mmdata.eval.models import MM1Model
+    from mmdata.mm1.pack import IGNORE
+    from mmdata.mm1.probe import images
+
+    ev = MM1Model.load(mm1_tiny.model)
+    model = ev.model
+    (_, img), (_, other) = images(2, seed=7)
+    said = ev.generate([[img], [other]], max_new_tokens=12)
+    assert said == model.generate([[img], [other]], max_new_tokens=12) and all(said)
+    text = "one red circle on a plain blue background"
+    score = ev.score([[img]], [text])[0]
+
+    enc = model.codec.encode([0, text], eos=False)  # how training encodes a pair: BOS, image run, caption
+    ids = torch.tensor([enc.ids])
+    tgt = torch.tensor([[enc.ids[i + 1] if enc.supervised[i + 1] else IGNORE for i in range(len(enc.ids) - 1)]
+                        + [IGNORE]])
+    with torch.no_grad():
+        out = model(ids, torch.arange(ids.shape[1]).unsqueeze(0), tgt, model.prepare_image(img).unsqueeze(0))
+    assert int(out["targets"]) == len(model.codec.text(text)) > 0
+    assert score == pytest.approx(-float(out["loss_sum"]), rel=1e-4)
 
 
 # -- resume

@@ -17,7 +17,6 @@ The same `gpu_recipe` runs in the tests at toy size on CPU (tests/test_mm1_train
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import statistics
 import tempfile
@@ -56,7 +55,7 @@ def build_shards(root: Path, n_pairs: int = 600, n_docs: int = 120, n_text: int 
 
     streams = {"captions": n_pairs, "interleaved": n_docs, "text": n_text}
     for name, n in streams.items():
-        with ShardWriter(str(root / name), max_samples=200) as w:
+        with ShardWriter(str(root / name), max_samples=200, members=True) as w:
             for i in range(n):
                 key = f"{i // 200:05d}{i % 200:04d}"
                 c = im.random_concept(rng)
@@ -75,10 +74,10 @@ def build_shards(root: Path, n_pairs: int = 600, n_docs: int = 120, n_text: int 
                 else:
                     text = "\n\n".join(paragraph(im.random_concept(rng)) for _ in range(int(rng.integers(3, 9))))
                     w.write({"__key__": key, "txt": text, "json": {"key": key, "kind": "text"}})
-        tars = sorted((root / name).glob("*.tar"))
-        entries = [{"name": t.name, "count": min(200, n - 200 * k), "bytes": t.stat().st_size,
-                    "sha256": hashlib.sha256(t.read_bytes()).hexdigest()} for k, t in enumerate(tars)]
-        manifest.write(str(root / name), manifest.build(name, entries))  # what the `shards` stage writes
+        # what the `shards` stage writes beside every stream, member indexes included
+        entries = [{"name": Path(s.url).name, "count": s.count, "bytes": s.bytes, "sha256": s.sha256,
+                    "members": Path(s.members).name, "members_sha256": s.members_sha256} for s in w.shards]
+        manifest.write(str(root / name), manifest.build(name, entries))
     return root
 
 

@@ -162,7 +162,7 @@ def corpus(mix: Mixture, per_source: int):
         if src.weight <= 0:
             continue
         n = 0
-        for url, _ in reader.catalogue(name, src.shards):
+        for url, _ in reader.catalogue(name, src.shards).shards:
             for sample in read_shard(url):
                 yield from sample_text(sample)
                 n += 1

@@ -41,7 +41,7 @@ margin:8px 0;padding:6px;border-bottom:1px dashed #ddd}.dupcell{text-align:cente
 .dupcell img{max-width:120px;max-height:120px}.dupcell.keep{border-right:3px solid #2e7d32;padding-right:8px}
 article.doc{border-left:3px solid #12355b;padding:4px 14px;margin:12px 0}
 .slots{display:flex;flex-wrap:wrap;gap:8px;align-items:flex-start}p.slot{max-width:260px;margin:0;font-size:13px}
-img.docimg{max-width:200px;max-height:200px}footer{color:#888;font-size:12px;padding:0 28px 20px}
+img.docimg{max-width:200px;max-height:200px}figure.slot{margin:0}footer{color:#888;font-size:12px;padding:0 28px 20px}
 """
 
 

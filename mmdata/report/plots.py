@@ -86,6 +86,18 @@ def score_histogram(kept, dropped, others, threshold: float | None, label_others
     return png(fig)
 
 
+def histogram(values, threshold: float | None, xlabel: str) -> str:
+    fig = figure(7.0, 2.8)
+    ax = fig.add_subplot()
+    ax.hist(values, bins=40, color=ACCENT)
+    if threshold is not None:
+        ax.axvline(threshold, color="black", linestyle="--", linewidth=1.2, label=f"threshold {threshold:.4f}")
+        ax.legend(fontsize=8, frameon=False)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("images")
+    return png(fig)
+
+
 def alt_vs_synthetic(alt, syn) -> str:
     import numpy as np
 

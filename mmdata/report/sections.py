@@ -338,13 +338,16 @@ def documents(w: Workdir) -> Section:
     if not tars:
         return omitted("documents", title, "no interleaved shard with a kept document in this workdir")
     docs: list[dict] = []
+    scores: dict[str, tuple[dict, set]] = {}
     for rel in tars:
         docs += samples.read_shard(w.join(rel), 0, DOCUMENTS - len(docs))
+        scores.update(_doc_scores(w, rel.rsplit("/", 1)[1][: -len(".tar")]))
         if len(docs) >= DOCUMENTS:
             break
     body = [(f"<p>The first {len(docs)} kept documents of <code>{escape(tars[0])}</code>, rendered in their order "
-             "of text and images, as the trainer reads them.</p>")]
+             "of text and images, as the trainer reads them.</p>"), doc_score_block(w)]
     for s in docs:
+        mine, gone = scores.get(str(s["__key__"]), ({}, set()))
         rec = json.loads(s["json"])
         parts = [(f'<article class="doc" data-key="{escape(str(s["__key__"]))}"><h3>{text(rec.get("title") or "untitled")}</h3>'
                   f'<div class="small"><code>{escape(str(s["__key__"]))}</code> {text(rec.get("url"))} · '
@@ -357,14 +360,59 @@ def documents(w: Workdir) -> Section:
             elif slot.get("type") == "image":
                 data = samples.image_member(s, slot.get("index"))
                 t = plots.thumbnail(data, 200) if data else None
-                parts.append(img(t, f"image {slot.get('index')} of {s['__key__']}", "docimg slot") if t else
-                             '<div class="noimg slot"><span>image not decodable</span></div>')
+                pic = (img(t, f"image {slot.get('index')} of {s['__key__']}", "docimg") if t else
+                       '<div class="noimg"><span>image not decodable</span></div>')
+                idx = slot.get("index")
+                label = ""
+                if idx in mine:
+                    sc = mine[idx]
+                    label = f'<figcaption class="small">CLIP {"–" if sc is None else f"{sc:.3f}"}' + (
+                        ' <span class="reason">dropped</span>' if idx in gone else "") + "</figcaption>"
+                parts.append(f'<figure class="slot">{pic}{label}</figure>')
         parts.append("</div>")
         n_img = sum(1 for x in slots if x.get("type") == "image")
         more = f"; the first {SLOTS} shown" if len(slots) > SLOTS else ""
         parts.append(f'<div class="small">{len(slots)} slots ({n_img} images){more}</div></article>')
         body.append("".join(parts))
     return Section("documents", title, "".join(body))
+
+
+def _doc_scores(w: Workdir, shard_id: str) -> dict[str, tuple[dict, set]]:
+    """key -> ({image index: its best sentence cosine}, image indexes the rule drops), from the
+    document CLIP sidecar (`clipscore_docs/{id}.parquet`) when there is one."""
+    rel = f"clipscore_docs/{shard_id}.parquet"
+    if not w.has(rel):
+        return {}
+    out = {}
+    for row in w.parquet(rel).to_dict("records"):
+        index, score = row.get("image_index"), row.get("image_score")
+        if index is None or score is None:
+            continue
+        vals = {int(i): (None if v is None or math.isnan(v) else float(v)) for i, v in zip(index, score)}
+        drop = row.get("drop_images")
+        out[str(row["key"])] = (vals, {int(i) for i in (drop if drop is not None else [])})
+    return out
+
+
+def doc_score_block(w: Workdir) -> str:
+    """The document images' CLIP scores (each image's best sentence) and the rule's threshold."""
+    if not w.has("clipscore_docs/_decision.json"):
+        return ""
+    rule = w.json("clipscore_docs/_decision.json")
+    rels = sorted(f for f in w.files if f.startswith("clipscore_docs/") and f.count("/") == 1
+                  and f.endswith(".parquet") and not f.rsplit("/", 1)[1].startswith("_"))
+    values = [float(v) for f in rels for sc in w.parquet(f, ["image_score"])["image_score"]
+              if sc is not None for v in sc if v is not None and not math.isnan(v)]
+    thr = rule.get("threshold")
+    if not values:
+        return '<p class="note">Document CLIP scores: the clipscore_docs sidecars hold no scored image.</p>'
+    below = sum(v < thr for v in values) if thr is not None else 0
+    return (f"<h3>Document images: CLIP score with their best sentence</h3><p>From <code>clipscore_docs/</code>: "
+            f"{num(len(values))} images scored; threshold "
+            f'<b class="doc-threshold">{"none (scores only)" if thr is None else f"{thr:.4f}"}</b>'
+            + (f", {num(below)} below it" if thr is not None else "") + ".</p>"
+            + img(plots.histogram(values, thr, "CLIP cosine (image, best sentence of its document)"),
+                  "document image CLIP scores", "plot"))
 
 
 # -- mixture --------------------------------------------------------------------------------------

@@ -91,7 +91,7 @@ def download(config: Config, sets: Sets = None, overwrite: Overwrite = False, sc
 PLAIN_STAGES = {
     "filter": "Measure captions and images into columns, then keep/drop by the recipe's thresholds; prints the funnel.",
     "dedup": "Drop duplicates across all shards (eval set, URL, caption+image, image, near-duplicate); writes a keep list.",
-    "clipscore": "Score image-caption cosine with a CLIP/SigLIP model, save embeddings, keep the pool's top fraction.",
+    "clipscore": "Score image-caption cosine with a CLIP/SigLIP model, save embeddings, keep the pool's top fraction; documents: each image against its sentences.",
     "interleaved": "Interleaved image-text documents from WARC files, saved HTML or page URL lists.",
     "text": "Text-only documents (Gopher/FineWeb-filtered) from WARC files, saved HTML or page URL lists.",
     "check": "Validate every record of a shard set against the schemas; tar and parquet must agree.",

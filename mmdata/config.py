@@ -153,6 +153,7 @@ class CaptionsStream(StreamConfig):
 
 class InterleavedStream(StreamConfig):
     input: str = "interleaved"
+    sidecars: list[str] = ["clipscore_docs"]  # images whose CLIP score says unrelated leave the documents
 
 
 class TextStream(StreamConfig):
@@ -466,6 +467,15 @@ class DedupConfig(Strict):
     partitions: int | None = Field(None, ge=1, description="shuffle partitions; default one per input shard")
 
 
+class DocScoreConfig(Strict):
+    """CLIP scores for interleaved documents (MMC4): each image against its document's paragraphs."""
+
+    input: str | None = Field(None, description="interleaved shard set; default the interleaved stage's output")
+    threshold: float | None = Field(None, ge=-1, le=1, description="drop images whose best paragraph cosine is below (MMC4: 0.15 with ViT-L/14); null keeps all")
+    min_words: int = Field(3, ge=1, description="text slots with fewer words (headings, labels) are not paragraphs to match")
+    min_images: int = Field(1, ge=0, description="a document left with fewer images is dropped (no_related_image)")
+
+
 class ClipScoreConfig(Strict):
     """The `clipscore` stage: CLIP/SigLIP cosine of image and caption, embeddings, a pool-wide decision."""
 
@@ -483,6 +493,8 @@ class ClipScoreConfig(Strict):
     top_fraction: float | None = Field(0.3, gt=0, le=1, description="keep the top fraction of the whole pool by score (DataComp: 0.3)")
     threshold: float | None = Field(None, ge=-1, le=1, description="keep score >= this cosine instead (DataComp B/32: 0.25, LAION: 0.28)")
     pool_after: list[str] = Field(default_factory=list, description="stages whose kept records form the top_fraction pool; [] = all scored")
+    pairs: bool = Field(True, description="score the image-caption pairs (the download shard set)")
+    documents: DocScoreConfig | None = Field(None, description="also score interleaved documents, into {workdir}/clipscore_docs")
 
     @model_validator(mode="before")
     @classmethod
@@ -493,6 +505,12 @@ class ClipScoreConfig(Strict):
                 raise ValueError("set top_fraction or threshold, not both")
             data = {**data, "top_fraction": None}
         return data
+
+    @model_validator(mode="after")
+    def _scores_something(self) -> ClipScoreConfig:
+        if not self.pairs and self.documents is None:
+            raise ValueError("pairs: false and no documents section: nothing to score")
+        return self
 
 
 T = TypeVar("T", bound=BaseModel)

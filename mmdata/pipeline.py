@@ -15,9 +15,9 @@ STAGES = {
     "download": "download",
     "filter": "filter",
     "dedup": "dedup",
-    "clipscore": "clipscore",
     "interleaved": "interleaved",
     "text": "text",
+    "clipscore": "clipscore",  # after interleaved: it scores the documents' images too
     "shards": "training_shards",
     "check": "check",
 }

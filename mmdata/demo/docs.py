@@ -6,7 +6,9 @@ with a ``data:`` placeholder, ``srcset``, ``<picture>``, relative URLs under ``<
 root-relative URLs), next to images a correct extractor must drop: site logo, share icons,
 tracking pixel, ad banner, related-article thumbnails, ``data:`` URIs. ``truth.jsonl`` records,
 per page, the in-article images in order, the decoys, the paragraphs and labels (language,
-spam, near-duplicate of which page).
+spam, near-duplicate of which page); and for CLIP scoring of documents, the `planted` images (an
+unrelated ad-like picture between two paragraphs of each English news article, which extraction keeps
+and CLIP must drop) and the `related` ones (showing the colour and shape the text is about).
 """
 
 from __future__ import annotations
@@ -124,6 +126,7 @@ class Page:
     near_dup_of: str | None = None
     decoys: list[str] = field(default_factory=list)
     extra: dict = field(default_factory=dict)  # kind-specific truth (a gallery's labels, ...)
+    planted: list[str] = field(default_factory=list)  # unrelated images placed as content (plant_unrelated)
 
     def truth(self) -> dict:
         imgs = [b for b in self.blocks if isinstance(b, DocImage)]
@@ -604,6 +607,7 @@ def build_docs(out: Path, n: int, seed: int, workers: int = 1) -> dict:
         pages.append(page)
     order = {p.slug: k for k, p in enumerate(sorted(pages, key=lambda p: p.slug))}
     pages.sort(key=lambda p: order[p.slug])
+    plant_unrelated(pages, site, seed)
 
     thumb_concept = im.Concept("square", "white", 1, "black", "plain")
     for p in pages:
@@ -645,7 +649,7 @@ def build_docs(out: Path, n: int, seed: int, workers: int = 1) -> dict:
     write_warc(out / "pages.warc.gz", pages, bodies, seed)
     with open(out / "truth.jsonl", "w", encoding="utf-8") as f:
         for page in pages:
-            f.write(json.dumps(page.truth(), ensure_ascii=False) + "\n")
+            f.write(json.dumps({**page.truth(), **clip_truth(page, site)}, ensure_ascii=False) + "\n")
 
     urls = sorted(site.jobs)
     for url, blob in zip(urls, im.make_images([site.jobs[u] for u in urls], workers)):
@@ -658,3 +662,56 @@ def build_docs(out: Path, n: int, seed: int, workers: int = 1) -> dict:
         "files": len(urls),
         "kinds": {k: kinds.count(k) for k in sorted(set(kinds))},
     }
+
+
+# Unrelated images planted inside articles (ads, logos, stock banners that look like content to an
+# extractor: plain <img> between paragraphs, neutral URLs). Extraction keeps them; CLIP scores of
+# each image against its document's paragraphs must drop them (mmdata.stages.clipscore_docs).
+PLANTED_SHARE = 1.0  # of the English news articles get one
+
+
+def _page_concept(page: Page) -> tuple[str, str] | None:
+    """(colour, shape) an English article is about, read back from its title ("{Colour} {shape}s ...")."""
+    if page.lang != "en" or page.quality != "ok" or page.extra.get("kind"):  # news articles only
+        return None
+    colour, shapes = page.title.split()[:2]
+    return colour.lower(), shapes.removesuffix("s")
+
+
+def plant_unrelated(pages: list[Page], site: _Site, seed: int) -> None:
+    """Insert one unrelated image (another shape and colour than the article's) between two
+    paragraphs of PLANTED_SHARE of the English news articles; `page.planted` lists their URLs. A
+    near-duplicate page gets its original's, after the same paragraph (its images stay the same)."""
+    placed: dict[str, tuple[DocImage, int]] = {}  # original url -> (image, after which paragraph)
+    for k, page in enumerate(pages):
+        about = _page_concept(page)
+        if about is None or page.near_dup_of:
+            continue
+        r = im.seeded_rng(seed, "planted", page.slug)
+        if r.random() >= PLANTED_SHARE:
+            continue
+        colours = [c for c in im.COLOURS if c != about[0]]
+        shapes = [s for s in im.SHAPES if s != about[1]]
+        colour, background = r.choice(colours, size=2, replace=False)
+        concept = im.Concept(str(r.choice(shapes)), str(colour), 1, str(background), "plain")
+        url = f"http://{IMAGE_HOSTS[k % len(IMAGE_HOSTS)]}/media/{page.slug}/p{k}.jpg"
+        w = int(r.integers(360, 601))
+        site.add(url, concept, w, int(w / r.uniform(1.3, 1.9)))
+        n_paras = sum(isinstance(b, str) for b in page.blocks)
+        placed[page.url] = (DocImage(url, "", "plain", [], w), int(r.integers(n_paras)))
+    for page in pages:
+        key = page.near_dup_of or page.url
+        if key not in placed or _page_concept(page) is None:
+            continue
+        image, nth = placed[key]
+        paras = [i for i, b in enumerate(page.blocks) if isinstance(b, str)]
+        page.blocks.insert(paras[min(nth, len(paras) - 1)] + 1, image)
+        page.planted.append(image.url)
+
+
+def clip_truth(page: Page, site: _Site) -> dict:
+    """Which of a page's images are planted unrelated ones, and which show what its text is about."""
+    about = _page_concept(page)
+    images = [b.url for b in page.blocks if isinstance(b, DocImage)]
+    related = [u for u in images if about and (site.jobs[u].concept.colour, site.jobs[u].concept.shape) == about]
+    return {"planted": page.planted, "related": related}

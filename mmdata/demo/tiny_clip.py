@@ -93,6 +93,7 @@ def load_pairs(corpus_dir: str | Path, paraphrases: int = 4, seed: int = 0) -> p
     captions = [[c] for c in truth["true_caption"]]
     concept_cols = ("shape", "colour", "count", "background", "texture", "word")
     if paraphrases > 1 and all(c in truth.columns for c in concept_cols):
+        from mmdata.demo.docs import _EN_TOPIC
         from mmdata.demo.images import Concept, english_caption, seeded_rng
 
         for i, row in enumerate(truth[list(concept_cols)].to_dict("records")):
@@ -100,6 +101,10 @@ def load_pairs(corpus_dir: str | Path, paraphrases: int = 4, seed: int = 0) -> p
             concept = Concept(row["shape"], row["colour"], int(row["count"]), row["background"], row["texture"], word)
             rng = seeded_rng("tiny-clip", seed, i)
             captions[i] += [english_caption(concept, rng) for _ in range(paraphrases - 1)]
+            # and one sentence as the demo's articles write about a picture, so a document's
+            # sentences score against its images (clipscore on interleaved documents)
+            captions[i].append(str(rng.choice(_EN_TOPIC)).format(colour=concept.colour, shape=concept.shape,
+                                                                 background=concept.background))
     return pd.DataFrame({"path": [pairs / f for f in truth["file"]], "captions": captions})
 
 

@@ -339,6 +339,11 @@ class Decide(GlobalStep):
 @dataclass
 class ClipReport(StepReport):
     scoring: Report | None = None
+    documents: StepReport | None = None  # the interleaved documents' steps (mmdata.stages.clipscore_docs)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and (self.documents is None or self.documents.ok)
 
     def summary(self) -> str:
         lines = [self.scoring.summary()] if self.scoring is not None else []
@@ -352,23 +357,39 @@ class ClipReport(StepReport):
             lines.append(f"  decision ({rule}): threshold {t}")
         if self.scoring is None or self.scoring.ok:
             lines.append(super().summary())
+        if self.documents is not None:
+            lines.append(self.documents.summary())
         return "\n".join(lines)
 
 
-def run(pipeline: Pipeline, *, client=None, overwrite: bool = False) -> ClipReport:
+def run(pipeline: Pipeline, *, client=None, overwrite: bool = False) -> StepReport:
+    """The pairs (unless `pairs: false`), then the interleaved documents when the recipe has a
+    `documents` section, on one cluster."""
     cfg = pipeline.section("clipscore")
+    with client_for(pipeline.engine, client) as c:
+        report = _pairs(pipeline, cfg, c, overwrite) if cfg.pairs else None
+        if cfg.documents is not None and (report is None or report.ok):
+            from mmdata.stages import clipscore_docs
+
+            docs = clipscore_docs.run(pipeline, cfg, client=c, overwrite=overwrite)
+            if report is None:
+                return docs
+            report.documents = docs
+    return report
+
+
+def _pairs(pipeline: Pipeline, cfg: ClipScoreConfig, client, overwrite: bool) -> ClipReport:
     source = ShardSet(cfg.input or pipeline.output("download"))
     shards = source.require("clipscore")
     out = pipeline.stage_dir("clipscore")
     scores_dir = fsio.join(out, SCORES)
     after = {s: pipeline.stage_dir(s) for s in cfg.pool_after}
-    with client_for(pipeline.engine, client) as c:
-        scoring = map_shards(ClipScore(cfg), shards, scores_dir, pipeline.engine, client=c, overwrite=overwrite,
-                             root=pipeline.workdir)
-        if not scoring.ok:
-            return ClipReport("clipscore", out, failed=dict(scoring.failed), scoring=scoring)
-        pool = [Shard(s.id, PoolInput(fsio.join(scores_dir, f"{s.id}.parquet"), s.input.meta,
-                                      tuple((st, fsio.join(d, f"{s.id}.parquet")) for st, d in after.items())))
-                for s in shards]
-        report = run_global(Decide(cfg), pool, out, pipeline.engine, client=c, overwrite=overwrite, root=pipeline.workdir)
+    scoring = map_shards(ClipScore(cfg), shards, scores_dir, pipeline.engine, client=client, overwrite=overwrite,
+                         root=pipeline.workdir)
+    if not scoring.ok:
+        return ClipReport("clipscore", out, failed=dict(scoring.failed), scoring=scoring)
+    pool = [Shard(s.id, PoolInput(fsio.join(scores_dir, f"{s.id}.parquet"), s.input.meta,
+                                  tuple((st, fsio.join(d, f"{s.id}.parquet")) for st, d in after.items())))
+            for s in shards]
+    report = run_global(Decide(cfg), pool, out, pipeline.engine, client=client, overwrite=overwrite, root=pipeline.workdir)
     return ClipReport(**vars(report), scoring=scoring)

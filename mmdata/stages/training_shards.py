@@ -95,6 +95,8 @@ def index_shard(source: str, shard_id: str, sidecars: dict[str, str], synthetic:
     members = samples.index_shard(tar_url) if keep.any() and fsio.exists(tar_url) else {}
     scored = [c for c in df.columns if "." in c and not c.endswith(".drop_reason") and c != synthetic
               and any(fnmatch.fnmatchcase(c, p) for p in score_columns)]
+    # a stage's decision about part of a document: image members to leave out (clipscore_docs)
+    dropping = [c for c in df.columns if c.endswith(".drop_images")]
     rows = []
     for i, rec in zip(df.index, df.to_dict("records")):
         key = str(rec["key"])
@@ -103,11 +105,17 @@ def index_shard(source: str, shard_id: str, sidecars: dict[str, str], synthetic:
                "nbytes": 0, "members": None, "extra": None}
         if row["drop_reason"] is None:
             parts = members.get(key)
+            gone = sorted({int(i) for c in dropping if isinstance(rec[c], list | tuple | np.ndarray) for i in rec[c]})
+            if gone:
+                names = {str(i) for i in gone}
+                parts = [p for p in parts or [] if p[0].split(".", 1)[0] not in names]
             if not parts:
                 row["drop_reason"] = "missing_from_tar"
             else:
                 scores = {c: _scalar(rec[c]) for c in scored}
                 extra = {"scores": {c: v for c, v in scores.items() if v is not _SKIP}}
+                if gone:
+                    extra["drop_images"] = gone
                 if synthetic in rec and _scalar(rec[synthetic]) not in (None, _SKIP):
                     extra["synthetic_caption"] = rec[synthetic]
                 row.update(order=xxhash.xxh64_intdigest(key.encode(), seed=seed & (2**64 - 1)), nbytes=_tar_bytes(parts),
@@ -191,6 +199,9 @@ def training_sample(row: dict, parts: dict[str, bytes], set_name: str) -> dict:
             record["scores"] = extra["scores"]
         if extra.get("synthetic_caption") is not None:
             record["synthetic_caption"] = extra["synthetic_caption"]
+        if extra.get("drop_images"):  # their members were left out when the plan was made
+            gone = set(extra["drop_images"])
+            record["slots"] = [s for s in record["slots"] if s.get("type") != "image" or s.get("index") not in gone]
         sample["json"] = record
     return sample
 

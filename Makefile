@@ -12,7 +12,7 @@ PYTEST_ARGS ?= -n 2 --dist loadfile
 STAMP := $(VENV)/.installed
 
 # every stage is `make <stage> CONFIG=pipelines/....yaml [ARGS="--overwrite ..."]`
-STAGES := download filter dedup interleaved text clipscore shards check
+STAGES := download filter dedup interleaved text clipscore recaption shards check
 
 .PHONY: install test demo bench lint clean run train eval ablate report chromium $(STAGES)
 

@@ -22,6 +22,13 @@ run() {  # name, time limit (s), command...
   [ "$rc" -eq 0 ] || { echo "!! $name exited $rc"; status=1; }
 }
 
+# CLIP scoring: ViT-L/14 336 px, bf16: the stage's pairs/s against a bare model loop
+run clipscore 100 "$PY" benchmarks/bench_clipscore.py --gpu --samples 4096
+
+# recaptioning: a ~2B VLM (SigLIP-so400m 384 px + Qwen2-1.5B-shaped decoder, random weights from configs),
+# bf16, batch 128, 32 new tokens: captions/s per GPU, the stage against a bare generate loop, GPU utilisation
+run recaption 140 "$PY" benchmarks/bench_recaption.py --gpu --rounds 1 --samples 512
+
 # trainer: ViT-L/14 336 px + ~1.2B LLM (random weights, from configs), bf16, packed 4096-token sequences:
 # tokens/s, MFU against the device's dense bf16 peak, data-wait share (also as JSON in train.json)
 run train 240 "$PY" benchmarks/bench_train.py --gpu-only --gpu-steps 25 --json "$RESULTS/train.json"

@@ -92,6 +92,7 @@ PLAIN_STAGES = {
     "filter": "Measure captions and images into columns, then keep/drop by the recipe's thresholds; prints the funnel.",
     "dedup": "Drop duplicates across all shards (eval set, URL, caption+image, image, near-duplicate); writes a keep list.",
     "clipscore": "Score image-caption cosine with a CLIP/SigLIP model, save embeddings, keep the pool's top fraction; documents: each image against its sentences.",
+    "recaption": "VeCap synthetic captions: a captioner describes the image, fused with the AltText (kept beside).",
     "interleaved": "Interleaved image-text documents from WARC files, saved HTML or page URL lists.",
     "text": "Text-only documents (Gopher/FineWeb-filtered) from WARC files, saved HTML or page URL lists.",
     "check": "Validate every record of a shard set against the schemas; tar and parquet must agree.",
@@ -126,6 +127,26 @@ def tiny_clip(corpus: Annotated[Path, typer.Option(help="a demo corpus folder (w
     except FileNotFoundError as e:
         fail(str(e))
     typer.echo(f"tiny CLIP saved to {path}")
+
+
+@app.command("tiny-recaption")
+def tiny_recaption(corpus: Annotated[Path, typer.Option(help="a demo corpus folder (with pairs/truth.parquet)")],
+                   out: Annotated[Path, typer.Option(help="where to save_pretrained the captioner")],
+                   fuser: Annotated[Path | None, typer.Option(help="where to save_pretrained the fusion LM (none: not trained)")] = None,
+                   steps: Annotated[int | None, typer.Option(help="training steps of each model (default: the library's)")] = None):
+    """Train the demo's tiny LLaVA captioner (and tiny fusion LM) on a demo corpus (a minute or two on CPU)."""
+    import dataclasses
+
+    from mmdata.demo import tiny_recaption as tr
+
+    cfg = tr.TinyRecaptionConfig()
+    if steps is not None:
+        cfg = dataclasses.replace(cfg, captioner_steps=steps, fuser_steps=steps)
+    try:
+        cap, fus = tr.train(corpus, out, fuser, cfg, echo=typer.echo)
+    except FileNotFoundError as e:
+        fail(str(e))
+    typer.echo(f"tiny captioner saved to {cap}" + (f", tiny fusion LM to {fus}" if fus else ""))
 
 
 @app.command()

@@ -513,6 +513,114 @@ class ClipScoreConfig(Strict):
         return self
 
 
+VECAP_PROMPT = "Describe the image concisely, less than 20 words."  # VeCap's "veclip" prompt
+
+FUSE_SYSTEM = "You write captions that train vision-language models."
+# mmdata's own wording of the CapsFusion / VeCap fusion idea. Bump `prompt_version` on any change.
+FUSE_PROMPT = (
+    "Two texts describe the same image.\n"
+    "AltText, from the web page: it may name real people, places, brands, titles or the text written in the "
+    "image, but it can be noisy, incomplete or about something else.\n"
+    "AltText: {alttext}\n"
+    "Description, written from the image alone: reliable about what is visible, but it knows no names.\n"
+    "Description: {description}\n"
+    "Write one caption of at most 30 words that keeps the visual facts of the description and the names and "
+    "specifics of the AltText that fit them. Merge them into one fluent sentence instead of putting one after the "
+    "other, and leave out AltText that does not fit the image. Reply with the caption only."
+)
+
+
+class GuardConfig(Strict):
+    """Checks on every generated text. A description that fails one has no synthetic caption; a fused
+    caption that fails one falls back to the description. Either way the reason is recorded."""
+
+    min_words: int = Field(2, ge=1, description="fewer words (letters-bearing tokens) is `empty`")
+    max_words: int = Field(60, ge=1, description="more words is `too_long` (a caption that ran on)")
+    max_repeat: int = Field(3, ge=2, description="the same word this many times in a row is `repeated`")
+    min_distinct: float = Field(0.4, ge=0, le=1, description="distinct/total words below this (8+ words) is `repeated` (a loop)")
+    echo_words: int = Field(5, ge=2, description="this many consecutive words of the prompt's own instructions is `echo`")
+
+
+class DescribeConfig(Strict):
+    """The captioner: any Hugging Face image-to-text or vision-language model (BLIP, BLIP-2, Florence-2,
+    SmolVLM, LLaVA, Qwen2-VL, ...) describes the image alone, greedily, in batches."""
+
+    PACE = frozenset({"batch_size", "decode_threads", "overlap_decode", "torch_threads"})
+
+    model: str = Field("Qwen/Qwen2-VL-2B-Instruct", description="Hugging Face id or local path (from_pretrained)")
+    revision: str | None = Field(None, description="hub revision (branch, tag or commit); recorded with every caption")
+    trust_remote_code: bool = False
+    prompt: str = Field(VECAP_PROMPT, description="instruction for chat models (VeCap's by default); "
+                        "a prefix the caption continues for prompt_style prefix")
+    prompt_style: Literal["auto", "chat", "prefix", "none"] = Field(
+        "auto", description="auto: chat when the processor has a chat template, else none (unconditional, BLIP/VED)")
+    max_new_tokens: int = Field(32, ge=1, le=1024)
+    candidates: int = Field(1, ge=1, le=64, description="1: greedy. N: N sampled descriptions, the CLIP model keeps "
+                            "the one closest to the image (LAION-COCO: 40 -> 1)")
+    temperature: float = Field(0.8, gt=0, description="sampling temperature when candidates > 1")
+    top_p: float = Field(0.9, gt=0, le=1, description="nucleus sampling when candidates > 1")
+    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$", description="auto: this worker's GPU -> mps -> cpu")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field("auto", description="auto: bf16/fp16 on GPU, fp32 on CPU")
+    batch_size: int = Field(32, ge=1, description="images per generate call; halves on out-of-memory")
+    decode_threads: int = Field(4, ge=1, description="threads decoding and preprocessing images ahead of the model")
+    overlap_decode: bool | None = Field(None, description="prepare the next batches while the model runs; "
+                                        "default: on accelerators, not on CPU")
+    torch_threads: int | None = Field(None, ge=1, description="torch CPU threads per worker; default torch's (1 in a Dask worker)")
+
+
+class FuseConfig(Strict):
+    """Fusion of the AltText with the description: a chat LLM when `model` is set, else rule-based
+    (the AltText's names and entities joined to the description)."""
+
+    PACE = frozenset({"batch_size"})
+
+    model: str | None = Field(None, description="Hugging Face causal LM with a chat template (id or local path); "
+                              "null: rule-based fusion")
+    revision: str | None = None
+    trust_remote_code: bool = False
+    prompt_version: str = Field("mmdata-fuse-v1", description="recorded with every caption; change it with the prompt")
+    system: str | None = Field(FUSE_SYSTEM, description="system message; null for models without a system role")
+    prompt: str = Field(FUSE_PROMPT, description="user message; {alttext} and {description} are filled in")
+    max_new_tokens: int = Field(64, ge=1, le=1024)
+    max_input_tokens: int = Field(256, ge=16, description="longer AltTexts are cut to fit (CapsFusion: 256)")
+    batch_size: int = Field(32, ge=1, description="prompts per generate call; halves on out-of-memory")
+    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    rule_template: str = Field("{description} ({entities})", description="rule-based fusion: {description}, {entities}")
+    max_entities: int = Field(4, ge=1, description="rule-based fusion: names kept from the AltText, in order")
+
+
+class RecaptionConfig(Strict):
+    """The `recaption` stage: VeCap synthetic captions beside the AltText (never replacing it)."""
+
+    input: str | None = Field(None, description="download shard set; default the download stage's output")
+    target: Literal["all", "uninformative", "low_clip", "fraction"] = Field(
+        "all", description="which pool records: all; uninformative AltText first (the filter's score); lowest CLIP "
+        "score first (the clipscore stage's); a seeded random fraction")
+    fraction: float = Field(1.0, gt=0, le=1, description="at most this share of the pool is recaptioned")
+    threshold: float | None = Field(
+        None, description="uninformative: only scores >= it; low_clip: only scores < it. null: rank the pool and take "
+        "the top `fraction`")
+    pool_after: list[str] = Field(["filter", "dedup", "clipscore"], description="stages whose kept records form the "
+                                  "pool (spend the captioner on what trains); [] = every downloaded image")
+    seed: int | None = Field(None, description="random fraction, tie-breaks and sampling; default the recipe's seed")
+    clip_model: str | None = Field(None, description="CLIP/SigLIP that scores the captions and ranks candidates; "
+                                   "default the clipscore section's model")
+    score: bool = Field(True, description="score AltText and synthetic caption against the image (alt_score, synthetic_score)")
+    describe: DescribeConfig = DescribeConfig()
+    fuse: FuseConfig = FuseConfig()
+    guards: GuardConfig = GuardConfig()
+
+    @model_validator(mode="after")
+    def _target(self) -> RecaptionConfig:
+        if self.target == "all" and self.fraction != 1:
+            raise ValueError("target all takes the whole pool; set target: fraction (or uninformative/low_clip) "
+                             "to recaption part of it")
+        if self.threshold is not None and self.target not in ("uninformative", "low_clip"):
+            raise ValueError("threshold applies to target uninformative or low_clip")
+        return self
+
+
 T = TypeVar("T", bound=BaseModel)
 
 
@@ -526,6 +634,7 @@ class Pipeline(Strict):
     engine: EngineConfig = EngineConfig()
     check: CheckConfig | None = None
     clipscore: ClipScoreConfig | None = None
+    recaption: RecaptionConfig | None = None
     filter: FilterConfig | None = None
     dedup: DedupConfig | None = None
     interleaved: InterleavedConfig | None = None

@@ -41,6 +41,7 @@ from mmdata import decisions, fsio, lineage
 from mmdata.config import ConfigError, EngineConfig
 from mmdata.memory import keep_freed_memory
 from mmdata.tar import ShardError
+from mmdata.models.device import pin_worker_gpu
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,7 @@ def _stage_on_worker(stage: Stage, token: str) -> Stage:
             keep_freed_memory()
             _size_native_pools()
             _one_report_per_failure()
+            pin_worker_gpu()  # before any stage can start CUDA in this process
         if token not in _ready:
             stage.setup()
             _ready[token] = stage

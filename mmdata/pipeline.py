@@ -18,6 +18,7 @@ STAGES = {
     "interleaved": "interleaved",
     "text": "text",
     "clipscore": "clipscore",  # after interleaved: it scores the documents' images too
+    "recaption": "recaption",  # after clipscore: its decision forms the pool, its model scores the captions
     "shards": "training_shards",
     "check": "check",
 }

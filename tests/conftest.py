@@ -203,3 +203,26 @@ def mm1_tiny(tmp_path_factory, demo_shards):
     folder = shared_once(tmp_path_factory, "mm1-tiny", make)
     return result.get("run") or train.Result(str(folder), str(folder / "log.jsonl"), None, str(folder / "model"),
                                              MM1_TINY_STEPS, None)
+
+
+@dataclass
+class TinyRecaption:
+    clip: Path
+    captioner: Path
+    fuser: Path
+
+
+@pytest.fixture(scope="session")
+def tiny_recaption(tmp_path_factory, demo_corpus) -> TinyRecaption:
+    """The tiny LLaVA captioner and the tiny fusion LM, and a tiny CLIP that scores their captions, trained
+    once per session on `demo_corpus` through the functions `mmdata demo` calls (fewer steps than the demo's)."""
+    from mmdata.demo.tiny_clip import TinyClipConfig, ensure_tiny_clip
+    from mmdata.demo.tiny_recaption import TinyRecaptionConfig, ensure_tiny_recaption
+
+    def make(folder: Path) -> None:
+        ensure_tiny_clip(demo_corpus, folder / "clip", TinyClipConfig(steps=60))
+        ensure_tiny_recaption(demo_corpus, folder / "captioner", folder / "fuser",
+                              TinyRecaptionConfig(captioner_steps=300, fuser_steps=100), echo=print)
+
+    root = shared_once(tmp_path_factory, "tiny-recaption", make)
+    return TinyRecaption(root / "clip", root / "captioner", root / "fuser")

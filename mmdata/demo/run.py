@@ -63,6 +63,12 @@ def run(
             from mmdata.demo.tiny_clip import ensure_tiny_clip
 
             ensure_tiny_clip(folder, pipe.section("clipscore").model, echo=echo)
+        if "recaption" in (stages or pipe.stages):
+            # a tiny LLaVA captioner (and, when the recipe names one, a tiny chat LM) learn the corpus
+            from mmdata.demo.tiny_recaption import ensure_tiny_recaption
+
+            rc = pipe.section("recaption")
+            ensure_tiny_recaption(folder, rc.describe.model, rc.fuse.model, echo=echo)
         reports = pl.run(pipe, stages, overwrite=overwrite, echo=echo)
     if mixture and "shards" in (stages or pipe.stages):
         # the training side: the MM1 mixture over the shards just written, small batches for a small corpus

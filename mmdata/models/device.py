@@ -70,3 +70,61 @@ def free_cache(device: str) -> None:
         torch.cuda.empty_cache()
     elif device == "mps" and hasattr(torch, "mps"):
         torch.mps.empty_cache()
+
+
+def rotated(visible: list[str], index: int) -> list[str]:
+    """The device list a worker sees: its own GPU first (dask-cuda's layout, so device 0 is its GPU
+    and peer-to-peer numbering still covers every GPU)."""
+    if not visible:
+        return []
+    i = index % len(visible)
+    return visible[i:] + visible[:i]
+
+
+_pinned: list[str | None] = []  # once per process: a second call must not rotate again
+
+
+def visible_gpus() -> list[str]:
+    """The NVIDIA devices this process may use, without starting CUDA (which would freeze
+    CUDA_VISIBLE_DEVICES) or importing torch: the variable itself, else the driver's device list."""
+    import os
+
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [d.strip() for d in env.split(",") if d.strip()]
+    root = "/proc/driver/nvidia/gpus"
+    return [str(i) for i in range(len(os.listdir(root)))] if os.path.isdir(root) else []
+
+
+def pin_worker_gpu() -> str | None:
+    """One Dask worker per GPU: worker `i` of a LocalCluster (workers named 0..n-1) takes GPU
+    `i mod n` by setting CUDA_VISIBLE_DEVICES before CUDA starts in this process, as dask-cuda does
+    (the engine calls this before a worker's first stage set-up). Returns the pinned device, or None
+    when there is nothing to pin: no GPU, not a Dask worker, a worker name that is not an index
+    (external workers: start one per GPU with its own CUDA_VISIBLE_DEVICES, e.g. `dask-cuda-worker`),
+    or a worker that already sees a single GPU. Idempotent."""
+    import os
+    import sys
+
+    if _pinned:
+        return _pinned[0]
+    try:
+        from distributed import get_worker
+
+        name = get_worker().name
+    except (ImportError, ValueError):
+        return None
+    if not isinstance(name, int) and not (isinstance(name, str) and name.isdigit()):
+        return None
+    visible = visible_gpus()
+    if len(visible) <= 1:
+        _pinned.append(None)
+        return None
+    mine = rotated(visible, int(name))
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():  # too late for the environment
+        torch.cuda.set_device(int(name) % len(visible))
+    else:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(mine)
+    _pinned.append(mine[0])
+    return mine[0]

@@ -93,7 +93,13 @@ def index_shard(source: str, shard_id: str, sidecars: dict[str, str], synthetic:
 
     tar_url = base.tar(shard_id)
     members = samples.index_shard(tar_url) if keep.any() and fsio.exists(tar_url) else {}
+    # the synthetic caption's own stage (recaption) describes it: model ids, prompt version, its scores;
+    # those columns travel with the caption in one json object named after the stage, not in `scores`
+    syn_stage = synthetic.split(".", 1)[0] + "." if "." in synthetic else None
+    provenance = [c for c in df.columns if syn_stage and c.startswith(syn_stage) and c != synthetic
+                  and c[len(syn_stage):] not in ("drop_reason", "status", "error_message")]
     scored = [c for c in df.columns if "." in c and not c.endswith(".drop_reason") and c != synthetic
+              and not (syn_stage and c.startswith(syn_stage))
               and any(fnmatch.fnmatchcase(c, p) for p in score_columns)]
     # a stage's decision about part of a document: image members to leave out (clipscore_docs)
     dropping = [c for c in df.columns if c.endswith(".drop_images")]
@@ -118,6 +124,9 @@ def index_shard(source: str, shard_id: str, sidecars: dict[str, str], synthetic:
                     extra["drop_images"] = gone
                 if synthetic in rec and _scalar(rec[synthetic]) not in (None, _SKIP):
                     extra["synthetic_caption"] = rec[synthetic]
+                    info = {c[len(syn_stage):]: _scalar(rec[c]) for c in provenance}
+                    if info:
+                        extra["synthetic"] = {syn_stage[:-1]: {k: v for k, v in info.items() if v is not _SKIP}}
                 row.update(order=xxhash.xxh64_intdigest(key.encode(), seed=seed & (2**64 - 1)), nbytes=_tar_bytes(parts),
                            members=json.dumps(parts), extra=json.dumps(extra, sort_keys=True, ensure_ascii=False))
         rows.append(row)
@@ -199,6 +208,7 @@ def training_sample(row: dict, parts: dict[str, bytes], set_name: str) -> dict:
             record["scores"] = extra["scores"]
         if extra.get("synthetic_caption") is not None:
             record["synthetic_caption"] = extra["synthetic_caption"]
+            record.update(extra.get("synthetic", {}))  # e.g. "recaption": {captioner, llm, prompt_version, ...}
         if extra.get("drop_images"):  # their members were left out when the plan was made
             gone = set(extra["drop_images"])
             record["slots"] = [s for s in record["slots"] if s.get("type") != "image" or s.get("index") not in gone]

@@ -220,9 +220,16 @@ def tiny_recaption(tmp_path_factory, demo_corpus) -> TinyRecaption:
     from mmdata.demo.tiny_recaption import TinyRecaptionConfig, ensure_tiny_recaption
 
     def make(folder: Path) -> None:
-        ensure_tiny_clip(demo_corpus, folder / "clip", TinyClipConfig(steps=60))
-        ensure_tiny_recaption(demo_corpus, folder / "captioner", folder / "fuser",
-                              TinyRecaptionConfig(captioner_steps=300, fuser_steps=100), echo=print)
+        import torch
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # two test processes share the cores: more threads only spin
+        try:
+            ensure_tiny_clip(demo_corpus, folder / "clip", TinyClipConfig(steps=60))
+            ensure_tiny_recaption(demo_corpus, folder / "captioner", folder / "fuser",
+                                  TinyRecaptionConfig(captioner_steps=300, fuser_steps=60, rendered=600), echo=print)
+        finally:
+            torch.set_num_threads(threads)
 
     root = shared_once(tmp_path_factory, "tiny-recaption", make)
     return TinyRecaption(root / "clip", root / "captioner", root / "fuser")

@@ -25,6 +25,10 @@ from mmdata.models.fuse import entities, guard, instructions, rule_fuse
 from mmdata.stages import recaption
 from mmdata.store import ShardSet
 
+# Most tests here start real Dask workers that load the models; the first also waits for the tiny
+# models' training (a shared session fixture): more than the suite's 300 s on a loaded 2-core machine.
+pytestmark = pytest.mark.timeout(900)
+
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
 TINY_FUSE = {"system": None, "prompt": TINY_FUSE_PROMPT, "prompt_version": TINY_FUSE_VERSION}
@@ -61,14 +65,17 @@ def filtered(tmp_path_factory, downloaded, client) -> Path:
 
     work = tmp_path_factory.mktemp("filtered")
     pipe = Pipeline(workdir=str(work), engine={"progress": False}, download=downloaded.download, filter={})
-    assert filter_stage.run(pipe, client=client, echo=lambda *_: None).ok
+    assert filter_stage.run(pipe, client=client).ok
     return work / "filter"
 
 
-def workdir(tmp_path: Path, filtered: Path) -> Path:
+def workdir(tmp_path: Path, filtered: Path, copy: bool = False) -> Path:
     work = tmp_path / "w"
     work.mkdir()
-    (work / "filter").symlink_to(filtered, target_is_directory=True)
+    if copy:  # this test changes the filter's sidecars
+        shutil.copytree(filtered, work / "filter")
+    else:
+        (work / "filter").symlink_to(filtered, target_is_directory=True)
     return work
 
 
@@ -173,7 +180,7 @@ def _blip(folder: Path) -> None:
 
 def test_any_hf_captioner_batches_like_one_by_one(tmp_path, downloaded):
     """LLaVA-NeXT (chat template, image tiling: prompts of different lengths, left-padded) and BLIP
-    (unconditional, or continuing a text prefix): a batch describes each image exactly as alone."""
+    (continuing a text prefix, on the fixed uint8 path): a batch describes each image exactly as alone."""
     from mmdata.config import DescribeConfig
     from mmdata.models.captioner import Captioner
 
@@ -188,7 +195,7 @@ def test_any_hf_captioner_batches_like_one_by_one(tmp_path, downloaded):
     datas.append(wide.getvalue())  # a banner: another tiling than the photos
     _llava_next(tmp_path / "next")
     _blip(tmp_path / "blip")
-    for model, style, path in (("next", "auto", "processor"), ("blip", "auto", "fixed"), ("blip", "prefix", "fixed")):
+    for model, style, path in (("next", "auto", "processor"), ("blip", "prefix", "fixed")):
         cap = Captioner.load(DescribeConfig(model=str(tmp_path / model), prompt_style=style, max_new_tokens=5,
                                             prompt="a photography of" if style == "prefix" else DescribeConfig().prompt))
         assert cap.path == path and cap.style == {"next": "chat", "blip": style.replace("auto", "none")}[model]
@@ -206,8 +213,8 @@ def test_any_hf_captioner_batches_like_one_by_one(tmp_path, downloaded):
 
 
 def test_synthetic_captions_beat_uninformative_alttext(tmp_path, downloaded, tiny_recaption, filtered, client):
-    pipe = recipe(workdir(tmp_path, filtered), downloaded, tiny_recaption, target="uninformative", fraction=0.06,
-                  pool_after=[])
+    work = workdir(tmp_path, filtered, copy=True)
+    pipe = recipe(work, downloaded, tiny_recaption, target="uninformative", fraction=0.06, pool_after=[])
     report = recaption.run(pipe, client=client)
     assert report.ok, report.summary()
     side = sidecars(pipe)
@@ -241,7 +248,25 @@ def test_synthetic_captions_beat_uninformative_alttext(tmp_path, downloaded, tin
     done = df[df["status_y"].eq("success")]
     right = accuracy(done["description"].tolist(), [concept(r) for r in truth.loc[done["sample_id"]].reset_index().to_dict("records")])
     print("descriptions name the right " + ", ".join(f"{k} {v:.0%}" for k, v in right.items()))
-    assert right["colour"] >= 0.6 and right["shape"] >= 0.3  # chance: 1/8 each
+    # colour and background are learned (chance: 1/8 each); the shape is not, this briefly (docs/recaption.md)
+    assert right["colour"] >= 0.6 and right["background"] >= 0.8
+
+    # an upstream sidecar changes (the filter re-run, now calling one more AltText uninformative): the
+    # shards whose selection changed are redone, the others stay finished; nothing is "already done" wrongly
+    was = df[~selected & pool & df["caption"].notna()].iloc[0]
+    shard = str(was["key"])[:5]
+    side_url = work / "filter" / f"{shard}.parquet"
+    f = pd.read_parquet(side_url)
+    f.loc[f["key"] == was["key"], "uninformative"] = 1.0
+    f.to_parquet(side_url)
+    before = {p.name: p.read_bytes() for p in (work / "recaption" / "_select").glob("*.parquet")}
+    again = recaption.run(pipe, client=client)
+    after = {p.name: p.read_bytes() for p in (work / "recaption" / "_select").glob("*.parquet")}
+    changed = sorted(n[:-8] for n in after if after[n] != before[n])
+    assert shard in changed and sorted(again.redone) == changed == sorted(again.done)
+    assert sorted(again.skipped) == sorted(set(ShardSet(downloaded.download.output).ids()) - set(changed))
+    now = sidecars(pipe).set_index("key").loc[was["key"]]
+    assert now["status"] == "success" and now["flags"] == "alt_uninformative"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,8 +280,10 @@ def few(tmp_path_factory, downloaded) -> Path:
     sid = src.ids()[0]
     dst = tmp_path_factory.mktemp("few") / "download"
     dst.mkdir()
-    for name in (f"{sid}.tar", f"{sid}_stats.json"):
-        shutil.copy(Path(src.url) / name, dst / name)
+    shutil.copy(Path(src.url) / f"{sid}.tar", dst / f"{sid}.tar")
+    stats = json.loads((Path(src.url) / f"{sid}_stats.json").read_text())
+    stats.pop("lineage", None)  # the metadata below is not what download wrote: readers hash the files
+    (dst / f"{sid}_stats.json").write_text(json.dumps(stats))
     m = src.read_meta(sid)
     ok = m.index[m["status"].eq("success")][:12]
     m.loc[~m.index.isin(ok), "status"] = "failed_to_download"
@@ -267,15 +294,19 @@ def few(tmp_path_factory, downloaded) -> Path:
     return dst
 
 
-def few_recipe(work: Path, few: Path, models, **options) -> Pipeline:
+def few_recipe(work: Path, few: Path, models, describe: dict | None = None, **options) -> Pipeline:
     return Pipeline(workdir=str(work), engine={"progress": False}, download={"input": "unused", "output": str(few)},
                     clipscore={"model": str(models.clip)},
                     recaption={"pool_after": [], "describe": {"model": str(models.captioner), "batch_size": 8,
-                                                                "decode_threads": 2}, **options})
+                                                                "decode_threads": 2, **(describe or {})}, **options})
 
 
 def test_rule_based_fusion_keeps_injected_names(tmp_path, few, tiny_recaption, client):
-    pipe = few_recipe(tmp_path, few, tiny_recaption)
+    mine = tmp_path / "in" / "download"
+    shutil.copytree(few, mine)
+    # the accelerator's pipeline on CPU: batches prepared on the decode threads while the model
+    # generates, the model and its inputs in bfloat16 (what `auto` picks on a GPU)
+    pipe = few_recipe(tmp_path, mine, tiny_recaption, describe={"overlap_decode": True, "dtype": "bfloat16"})
     assert recaption.run(pipe, client=client).ok
     side = pd.read_parquet(next((tmp_path / "recaption").glob("0*.parquet")))
     done = side[side["status"].eq("success")].reset_index(drop=True)
@@ -289,13 +320,25 @@ def test_rule_based_fusion_keeps_injected_names(tmp_path, few, tiny_recaption, c
     assert (done["llm"].isna() & done["prompt_version"].eq("rule") & done["captioner"].eq(str(tiny_recaption.captioner))).all()
     assert done["captioner_revision"].str.match(r"^local:[0-9a-f]{16}$").all()
 
+    # the input shard changes in place (another AltText names someone): redone, not "already done"
+    meta_url = next(mine.glob("0*.parquet"))
+    m = pd.read_parquet(meta_url)
+    row = m.index[m["key"].eq(done["key"].iloc[-1])][0]
+    m.loc[row, "caption"] = f"{m.loc[row, 'caption']} photographed by Dorothea Lange"
+    m.to_parquet(meta_url)
+    again = recaption.run(pipe, client=client)
+    assert again.ok and list(again.redone) == list(again.done) and len(again.done) == 1
+    side = pd.read_parquet(next((tmp_path / "recaption").glob("0*.parquet"))).set_index("key")
+    assert "Dorothea Lange" in side.loc[done["key"].iloc[-1], "synthetic_caption"]
+
 
 def test_llm_fusion_end_to_end_and_a_guard_falls_back(tmp_path, few, tiny_recaption, client):
     fuse = {"model": str(tiny_recaption.fuser), **TINY_FUSE}
     pipe = few_recipe(tmp_path, few, tiny_recaption, fuse=fuse)
     assert recaption.run(pipe, client=client).ok
     side = pd.read_parquet(next((tmp_path / "recaption").glob("0*.parquet")))
-    done = side[side["status"].eq("success")]
+    alts = pd.read_parquet(next(few.glob("0*.parquet")))[["key", "caption"]]
+    done = side[side["status"].eq("success")].merge(alts, on="key", validate="one_to_one")
     fusable = done[done["flags"].isna() | ~done["flags"].fillna("").str.startswith("alt_")]
     assert len(fusable) >= 8
     assert set(fusable["fusion"]) <= {"llm", "description"} and (fusable["fusion"] == "llm").mean() >= 0.5
@@ -355,9 +398,6 @@ def test_killed_mid_stage_resumes_without_loss_or_duplicates(tmp_path, downloade
     assert made.sum() == chosen["selected"] == np.ceil(0.25 * chosen["pool"])
     assert side.loc[made, "status"].eq("success").mean() > 0.9
 
-    # another prompt over the finished shards is refused, in one line, exit 2
-    r = cli("recaption", "-c", str(path), "--workers", "1", "--set", "recaption.describe.prompt=Describe it.")
-    assert r.returncode == 2 and "rerun with --overwrite" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_bad_recipes_exit_2_in_one_line(tmp_path, downloaded, tiny_recaption):

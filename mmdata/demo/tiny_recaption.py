@@ -106,10 +106,10 @@ def accuracy(descriptions: list[str], concepts: list) -> dict[str, float]:
 
     def says(text: str, c) -> dict[str, bool]:
         t = f" {text.strip().lower()} "
-        shape = c.shape + ("es" if c.shape.endswith(("s", "x")) else "s") if c.count > 1 else c.shape
         subject = t.split(" on ")[0] + " "
-        return {"colour": f" {c.colour} " in subject, "shape": f" {shape} " in subject, "count": t.startswith(f" {COUNT_WORDS[c.count]} "),
-                "background": f" {c.background} background" in t, "exact": text.strip() == describe(c)}
+        return {"colour": f" {c.colour} " in subject, "shape": re.search(rf" {c.shape}(e?s)? ", subject) is not None,
+                "count": t.startswith(f" {COUNT_WORDS[c.count]} "), "background": f" {c.background} background" in t,
+                "exact": text.strip() == describe(c)}
 
     rows = [says(d, c) for d, c in zip(descriptions, concepts)]
     return {k: float(np.mean([r[k] for r in rows])) if rows else 0.0 for k in ("colour", "shape", "count", "background", "exact")}
@@ -180,12 +180,12 @@ def build_captioner(cfg: TinyRecaptionConfig, tokenizer):
     """A LLaVA: a small CLIP vision tower, LLaVA's projector, a 2-layer Llama."""
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
-    vision = CLIPVisionConfig(hidden_size=cfg.vision_width, intermediate_size=2 * cfg.vision_width,
-                              num_hidden_layers=cfg.vision_layers, num_attention_heads=cfg.heads,
-                              image_size=cfg.image_size, patch_size=cfg.patch_size)
-    config = LlavaConfig(vision_config=vision, text_config=LlamaConfig(**_llama(cfg, tokenizer)),
+    tower = CLIPVisionConfig(hidden_size=cfg.vision_width, intermediate_size=2 * cfg.vision_width,
+                             num_hidden_layers=cfg.vision_layers, num_attention_heads=cfg.heads,
+                             image_size=cfg.image_size, patch_size=cfg.patch_size)
+    config = LlavaConfig(vision_config=tower, text_config=LlamaConfig(**_llama(cfg, tokenizer)),
                          image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-                         image_seq_length=(cfg.image_size // cfg.patch_size) ** 2,
+                         image_seq_length=(tower.image_size // tower.patch_size) ** 2,
                          vision_feature_layer=-1, vision_feature_select_strategy="default",
                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     model = LlavaForConditionalGeneration(config)
@@ -310,7 +310,7 @@ def _train(cfg, corpus_dir, truth, captioner_dir, fuser_dir, echo, t0, rng, toke
     with ThreadPoolExecutor(4) as pool:
         images = np.stack(list(pool.map(lambda f: prep(open_rgb((pairs / f).read_bytes())), truth["file"])))
     extra = [random_concept(rng) for _ in range(cfg.rendered)]
-    sizes = rng.integers(prep.shape[0], 3 * prep.shape[0], (cfg.rendered, 2))
+    sizes = rng.integers(prep.shape[0], 2 * prep.shape[0], (cfg.rendered, 2))  # drawn small: cheap, then as served
     drawn = [prep(render(c, int(w), int(h), rng)) for c, (w, h) in zip(extra, sizes)]
     pixels = prep.pixels(torch.from_numpy(np.stack([*images, *drawn])), torch.float32)
     echo(f"tiny-recaption: {len(concepts)} corpus images and {len(extra)} rendered scenes, vocab {len(tokenizer)}, "

@@ -147,9 +147,13 @@ def select(client, cfg: RecaptionConfig, shards: list[Shard[PoolInput]], after: 
            filter_cfg: FilterConfig) -> tuple[dict[str, pd.DataFrame], dict]:
     """Rank the pool, pick the records: ({shard id: its selection frame}, a summary)."""
     frames = map_parts(client, shard_candidates, shards, after, cfg.target, seed, filter_cfg)
-    both = pd.concat([frames[s.id].assign(shard=s.id) for s in shards], ignore_index=True)
+    both = pd.concat([frames[s.id] for s in shards], ignore_index=True)
     both["selected"] = choose(both, cfg)
-    per_shard = {sid: g[SELECT_COLUMNS].reset_index(drop=True) for sid, g in both.groupby("shard", sort=False)}
+    per_shard, at = {}, 0
+    for s in shards:
+        n = len(frames[s.id])
+        per_shard[s.id] = both.iloc[at : at + n][SELECT_COLUMNS].reset_index(drop=True)
+        at += n
     summary = {"target": cfg.target, "fraction": cfg.fraction, "threshold": cfg.threshold,
                "pool_after": list(after), "records": len(both), "pool": int(both["pool"].sum()),
                "selected": int(both["selected"].sum())}

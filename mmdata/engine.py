@@ -40,8 +40,8 @@ from typing import Any, Generic, TypeVar
 from mmdata import decisions, fsio, lineage
 from mmdata.config import ConfigError, EngineConfig
 from mmdata.memory import keep_freed_memory
-from mmdata.tar import ShardError
 from mmdata.models.device import pin_worker_gpu
+from mmdata.tar import ShardError
 
 log = logging.getLogger(__name__)
 

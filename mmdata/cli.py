@@ -237,14 +237,16 @@ def demo(config: Annotated[Path, typer.Option("--config", "-c", help="the demo r
          docs: Annotated[int, typer.Option(help="web pages in the corpus")] = 200,
          seed: int = 0,
          stage: Annotated[list[str] | None, typer.Option("--stage", help="run only these stages")] = None,
-         train: Annotated[bool, typer.Option("--train/--no-train", help="train the tiny MM1 on the shards")] = True):
+         train: Annotated[bool, typer.Option("--train/--no-train", help="train the tiny MM1 on the shards")] = True,
+         evaluate: Annotated[bool, typer.Option("--eval/--no-eval", help="evaluate the trained model (pipelines/eval-demo.yaml)")] = True):
     """Build the offline demo corpus, serve it on 127.0.0.1 and run every stage of the recipe on it."""
     from mmdata.demo import run as demo_run
 
     with reported():
         demo_run.run(config, sets or [], corpus=corpus, n_pairs=pairs, n_docs=docs, seed=seed,
                      stages=stage or None, overwrite=overwrite, echo=typer.echo,
-                     train="pipelines/mm1-tiny.yaml" if train else None)
+                     train="pipelines/mm1-tiny.yaml" if train else None,
+                     evaluation="pipelines/eval-demo.yaml" if evaluate else None)
 
 
 @app.command("demo-data")

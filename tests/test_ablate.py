@@ -51,6 +51,10 @@ def test_icl_finding_needs_chance_inside_and_outside():
     }))
     f = ab.findings(table, "45:45:10", 50.0)[0]
     assert f.verdict == "not reproduced" and "interval misses chance" in f.detail
+    # without the captions+interleaved row, the baseline (45:45:10 has interleaved documents) stands in
+    two = ab.findings(ab.summary(_runs({"45:45:10": BASE, "captions only": {"icl4": [48, 53, 50], "icl8": [51, 47, 50]}})),
+                      "45:45:10", 50.0)[0]
+    assert two.verdict == "reproduced" and "45:45:10 72.0" in two.detail, two.detail
     missing = ab.findings(ab.summary(_runs({"45:45:10": BASE})), "45:45:10", 50.0)
     assert {f.verdict for f in missing} == {"not run"}
 

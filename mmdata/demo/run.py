@@ -1,5 +1,7 @@
 """`make demo`: build the demo corpus (once), serve it on 127.0.0.1, run every stage of the recipe,
-then the MM1 mixture over the training shards and a short run of the tiny MM1 trainer on them.
+then the MM1 mixture over the training shards, a short run of the tiny MM1 trainer on them, and the
+evaluation of the model it exports (pipelines/eval-demo.yaml on a small seeded subset of the
+corpus's held-out tasks; `{workdir}/eval/results.jsonl`, which `mmdata report` tabulates).
 
 The recipe reaches the corpus and the server through `${MMDATA_DEMO_CORPUS}` and
 `${MMDATA_DEMO_PORT}`, so the same YAML works whatever port the server got.
@@ -45,6 +47,7 @@ def run(
     mixture: str | os.PathLike | None = "pipelines/mixtures/mm1.yaml",
     mix_batches: int = 20,
     train: str | os.PathLike | None = "pipelines/mm1-tiny.yaml",
+    evaluation: str | os.PathLike | None = "pipelines/eval-demo.yaml",
     echo=print,
 ) -> list:
     folder = Path(corpus or os.environ.get("MMDATA_DEMO_CORPUS") or "work/demo-corpus").resolve()
@@ -79,7 +82,9 @@ def run(
         echo(counted.table())
         counted.write(fsio.join(pipe.workdir, MIX_STATS))
         if train:
-            train_tiny(train, pipe.stage_dir("shards"), pipe.workdir, echo)
+            model = train_tiny(train, pipe.stage_dir("shards"), pipe.workdir, echo)
+            if evaluation:
+                evaluate_tiny(evaluation, model, pipe.workdir, echo=echo)
     where(pipe, echo)
     return reports
 
@@ -104,8 +109,9 @@ def where(pipe: config.Pipeline, echo=print) -> None:
     echo(f"  {'report':<20}{report}")
 
 
-def train_tiny(recipe: str | os.PathLike, shards: str, workdir: str, echo=print) -> None:
-    """The reference trainer on the shards just written: the tiny MM1, then its captions of held-out images."""
+def train_tiny(recipe: str | os.PathLike, shards: str, workdir: str, echo=print) -> str:
+    """The reference trainer on the shards just written: the tiny MM1, then its captions of held-out
+    images; the folder of the exported model."""
     from mmdata.mm1 import MM1, train
     from mmdata.mm1.probe import caption_probe
 
@@ -115,3 +121,26 @@ def train_tiny(recipe: str | os.PathLike, shards: str, workdir: str, echo=print)
     echo(f"mm1-tiny: {probe.line()}")
     for truth, said in probe.examples[:3]:
         echo(f"  image of {truth!r} -> {said!r}")
+    return result.model
+
+
+# items per (task, shots): the demo shows the evaluation running end to end in seconds; the numbers
+# it measures need `make eval` (100 items) or `make ablate` (several seeds) to mean much
+DEMO_EVAL_ITEMS = 16
+
+
+def evaluate_tiny(recipe: str | os.PathLike, model: str, workdir: str, *, max_items: int = DEMO_EVAL_ITEMS,
+                  echo=print) -> str:
+    """`mmdata eval` with `recipe` on `model` over the demo corpus's held-out tasks (MMDATA_DEMO_CORPUS),
+    a seeded subset of `max_items` per task; results in `{workdir}/eval/results.jsonl`, returned."""
+    from mmdata.eval import run as ev
+
+    out = fsio.join(workdir, "eval")
+    echo(f"evaluating {model} ({recipe}, {max_items} items per task and shot count)")
+    results = ev.run(recipe, [f"checkpoint={model}", f"out={out}", f"max_items={max_items}"], echo=lambda _: None)
+    echo(f"  {'task':<8}{'shots':>5}  {'metric':<14}{'score':>7}  {'95% CI':<16}chance")
+    for r in (r.line() for r in results):
+        ci, chance = r.get("ci95"), r.get("chance")
+        echo(f"  {r['task']:<8}{r['shots']:>5}  {r['metric']:<14}{r['score']:>7.1f}  "
+             f"{'' if not ci else f'[{ci[0]:.1f}, {ci[1]:.1f}]':<16}{'' if chance is None else chance}")
+    return fsio.join(out, "results.jsonl")

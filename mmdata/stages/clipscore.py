@@ -103,18 +103,7 @@ class ClipScore(Stage):
         return {k: self.opts[k] for k in ("input", "model", "device", "dtype", "max_tokens", "embeddings", "synthetic")}
 
     def setup(self) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        from mmdata.models.clip import ClipEncoder
-
-        o = self.opts
-        if o["torch_threads"]:
-            import torch
-
-            torch.set_num_threads(o["torch_threads"])
-        self.encoder = ClipEncoder.load(o["model"], device=o["device"], dtype=o["dtype"],
-                                        batch_size=o["batch_size"], max_tokens=o["max_tokens"])
-        self.pool = ThreadPoolExecutor(o["decode_threads"], thread_name_prefix="clip-decode")
+        self.encoder, self.pool = load_scorer(self.opts)
 
     def _decode(self, item: tuple[str, bytes]) -> tuple[str, np.ndarray | None, str | None]:
         key, data = item
@@ -393,3 +382,18 @@ def _pairs(pipeline: Pipeline, cfg: ClipScoreConfig, client, overwrite: bool) ->
             for s in shards]
     report = run_global(Decide(cfg), pool, out, pipeline.engine, client=client, overwrite=overwrite, root=pipeline.workdir)
     return ClipReport(**vars(report), scoring=scoring)
+
+
+def load_scorer(o: dict):
+    """The CLIP model (once per worker) and the decode threads, for pairs and documents alike."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mmdata.models.clip import ClipEncoder
+
+    if o["torch_threads"]:
+        import torch
+
+        torch.set_num_threads(o["torch_threads"])
+    encoder = ClipEncoder.load(o["model"], device=o["device"], dtype=o["dtype"],
+                               batch_size=o["batch_size"], max_tokens=o["max_tokens"])
+    return encoder, ThreadPoolExecutor(o["decode_threads"], thread_name_prefix="clip-decode")

@@ -81,18 +81,9 @@ class DocClipScore(Stage):
                 "input": d["input"], "min_words": d["min_words"]}
 
     def setup(self) -> None:
-        from concurrent.futures import ThreadPoolExecutor
+        from mmdata.stages.clipscore import load_scorer
 
-        from mmdata.models.clip import ClipEncoder
-
-        o = self.opts
-        if o["torch_threads"]:
-            import torch
-
-            torch.set_num_threads(o["torch_threads"])
-        self.encoder = ClipEncoder.load(o["model"], device=o["device"], dtype=o["dtype"],
-                                        batch_size=o["batch_size"], max_tokens=o["max_tokens"])
-        self.pool = ThreadPoolExecutor(o["decode_threads"], thread_name_prefix="clip-decode")
+        self.encoder, self.pool = load_scorer(self.opts)
 
     def _decode(self, item: tuple[_Doc, int, bytes | None]) -> tuple[_Doc, int, np.ndarray | None, str | None]:
         doc, i, data = item

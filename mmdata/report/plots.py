@@ -46,7 +46,12 @@ def thumbnail(data: bytes, size: int = 160) -> str | None:
 
 def funnel_bars(funnels: Sequence[tuple[str, dict]]) -> str:
     """One horizontal bar per funnel: kept, then each drop reason, as segments of the records in."""
-    fig = figure(8.0, 0.55 * len(funnels) + 1.4)
+    def short(reason: str) -> str:
+        return reason.split(":")[-1] if ":" in reason else reason
+
+    n_codes = len({short(r) for _, f in funnels for r, _ in f["dropped"]}) + 1
+    # tall enough for the legend too (one 7-pt line per reason), or constrained layout collapses the axes
+    fig = figure(8.0, max(0.55 * len(funnels) + 1.4, 0.16 * n_codes + 0.8))
     ax = fig.add_subplot()
     colors: dict[str, str] = {}
     labels = []
@@ -55,7 +60,7 @@ def funnel_bars(funnels: Sequence[tuple[str, dict]]) -> str:
         ax.barh(row, f["kept"], color=KEPT, label="kept" if row == 0 else None)
         left = f["kept"]
         for reason, n in f["dropped"]:
-            code = reason.split(":")[-1] if ":" in reason else reason
+            code = short(reason)
             new = code not in colors
             colors.setdefault(code, PALETTE[len(colors) % len(PALETTE)])
             ax.barh(row, n, left=left, color=colors[code], label=code if new else None)

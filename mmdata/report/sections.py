@@ -22,6 +22,7 @@ PER_REASON = 6
 KEPT_SHOWN = 8
 CLUSTERS = 8
 DOCUMENTS = 3
+DOC_SHARDS = 64  # interleaved shards whose metadata the document picker reads at most
 SLOTS = 14  # of a document shown
 
 
@@ -48,10 +49,14 @@ def num(n) -> str:
     return f"{float(n):,.4g}" if abs(float(n)) < 1000 else f"{float(n):,.0f}"
 
 
-def table(head: Iterable[str], rows: Iterable[Iterable], cls: str = "", attrs: str = "") -> str:
+def table(head: Iterable[str], rows: Iterable[Iterable], cls: str = "", attrs: str = "",
+          fields: Iterable[str] | None = None) -> str:
+    """`fields`: a name per row, its `data-field` (what tests and scripts read a number by)."""
     out = [f'<table class="{cls}"{attrs}><thead><tr>' + "".join(f"<th>{escape(h)}</th>" for h in head) + "</tr></thead><tbody>"]
+    names = iter(fields) if fields is not None else None
     for row in rows:
-        out.append("<tr>" + "".join(f'<td class="n">{num(c)}</td>' if c is None or isinstance(c, int | float | np.number)
+        tag = f'<tr data-field="{escape(next(names))}">' if names is not None else "<tr>"
+        out.append(tag + "".join(f'<td class="n">{num(c)}</td>' if c is None or isinstance(c, int | float | np.number)
                                     else f"<td>{c}</td>" for c in row) + "</tr>")
     out.append("</tbody></table>")
     return "".join(out)
@@ -195,8 +200,10 @@ def _syn_block(alt: np.ndarray, syn: np.ndarray, src: str) -> str:
     if not len(alt):
         return f'<p class="note">Synthetic vs AltText: {src} hold no record with both scores.</p>'
     better = float(np.mean(syn > alt))
-    return (f"<h3>VeCap (synthetic) vs AltText captions</h3><p>From {src}: {num(len(alt))} records with both; "
-            f"mean AltText {np.mean(alt):.4f}, mean VeCap {np.mean(syn):.4f}; VeCap scores higher on {better:.1%}.</p>"
+    return (f'<h3>VeCap (synthetic) vs AltText captions</h3><p class="vecap-scores">From {src}: '
+            f'<span data-field="n">{num(len(alt))}</span> records with both; mean AltText '
+            f'<span data-field="alt">{np.mean(alt):.4f}</span>, mean VeCap <span data-field="synthetic">'
+            f'{np.mean(syn):.4f}</span>; VeCap scores higher on <span data-field="better">{better:.1%}</span>.</p>'
             + img(plots.alt_vs_synthetic(alt, syn), "AltText vs VeCap CLIP scores", "plot"))
 
 
@@ -339,13 +346,13 @@ def documents(w: Workdir) -> Section:
         return omitted("documents", title, "no interleaved shard with a kept document in this workdir")
     docs: list[dict] = []
     scores: dict[str, tuple[dict, set]] = {}
-    for rel in tars:
-        docs += samples.read_shard(w.join(rel), 0, DOCUMENTS - len(docs))
-        scores.update(_doc_scores(w, rel.rsplit("/", 1)[1][: -len(".tar")]))
-        if len(docs) >= DOCUMENTS:
-            break
-    body = [(f"<p>The first {len(docs)} kept documents of <code>{escape(tars[0])}</code>, rendered in their order "
-             "of text and images, as the trainer reads them.</p>"), doc_score_block(w)]
+    for sid, keys in _pick_documents(w, [t.rsplit("/", 1)[1][: -len(".tar")] for t in tars]).items():
+        found = w.members("interleaved", sid, keys)
+        docs += [{"__key__": k, **found[k]} for k in keys if k in found]
+        scores.update(_doc_scores(w, sid))
+    body = [(f"<p>{len(docs)} kept documents of <code>interleaved/{{id}}.tar</code>, the first of each site (domain) "
+             "in shard order, so a workdir that mixes sources shows each; rendered in their order of text and "
+             "images, as the trainer reads them.</p>"), doc_score_block(w)]
     for s in docs:
         mine, gone = scores.get(str(s["__key__"]), ({}, set()))
         rec = json.loads(s["json"])
@@ -375,6 +382,27 @@ def documents(w: Workdir) -> Section:
         parts.append(f'<div class="small">{len(slots)} slots ({n_img} images){more}</div></article>')
         body.append("".join(parts))
     return Section("documents", title, "".join(body))
+
+
+def _pick_documents(w: Workdir, ids: list[str]) -> dict[str, list[str]]:
+    """shard id -> keys of the documents shown: the first kept document of each domain, topped up
+    with the next kept ones, DOCUMENTS in all, in shard order; from each shard's metadata
+    (`interleaved/{id}.parquet`), reading at most DOC_SHARDS shards."""
+    firsts, rest, seen = [], [], set()
+    for sid in ids[:DOC_SHARDS]:
+        meta = w.parquet(f"interleaved/{sid}.parquet", ["key", "domain", "status"])
+        for key, domain in meta.loc[meta["status"] == "success", ["key", "domain"]].itertuples(index=False):
+            if domain not in seen:
+                firsts.append((len(firsts) + len(rest), sid, str(key)))
+                seen.add(domain)
+            elif len(rest) < DOCUMENTS:
+                rest.append((len(firsts) + len(rest), sid, str(key)))
+        if len(firsts) >= DOCUMENTS:
+            break
+    picked: dict[str, list[str]] = {}
+    for _, sid, key in sorted((firsts + rest)[:DOCUMENTS]):
+        picked.setdefault(sid, []).append(key)
+    return picked
 
 
 def _doc_scores(w: Workdir, shard_id: str) -> dict[str, tuple[dict, set]]:
@@ -472,17 +500,19 @@ def training(w: Workdir) -> Section:
             values = [r[k] for r in recs if r.get(k) is not None]
             return float(np.mean(values)) if values else None
 
-        summary = [["steps logged", len(recs)], ["last step", last["step"]], ["first loss", recs[0]["loss"]],
-                   ["last loss", last["loss"]], ["mean tokens/s", mean("tokens_per_s")],
-                   ["mean images/s", mean("images_per_s")], ["mean data wait share", mean("data_share")],
-                   ["mean MFU", mean("mfu")], ["tokens in the logged steps", sum(r.get("tokens", 0) for r in recs)]]
+        summary = {"steps": ["steps logged", len(recs)], "last_step": ["last step", last["step"]],
+                   "first_loss": ["first loss", recs[0]["loss"]], "last_loss": ["last loss", last["loss"]],
+                   "tokens_per_s": ["mean tokens/s", mean("tokens_per_s")],
+                   "images_per_s": ["mean images/s", mean("images_per_s")],
+                   "data_share": ["mean data wait share", mean("data_share")], "mfu": ["mean MFU", mean("mfu")],
+                   "tokens": ["tokens in the logged steps", sum(r.get("tokens", 0) for r in recs)]}
         ck = w.checkpoint(folder)
         model = f"{folder}/model" if w.has(f"{folder}/model/mm1.json") else None
         where = (f'<p class="small">checkpoint <code>{escape(ck or "none complete")}</code> · exported model '
                  f'<code>{escape(model or "none")}</code> · log <code>{escape(rel)}</code></p>')
-        body.append(f"<h3><code>{escape(folder or '.')}</code></h3>" + where
+        body.append(f'<h3 class="run" data-run="{escape(folder)}"><code>{escape(folder or ".")}</code></h3>' + where
                     + img(plots.lines(steps, panels), f"training curves of {folder}", "plot")
-                    + table(["", "value"], summary, "small-table training"))
+                    + table(["", "value"], summary.values(), "small-table training", fields=summary))
     return Section("training", title, "".join(body))
 
 
@@ -500,7 +530,8 @@ def evaluation(w: Workdir) -> Section:
                          "–" if not ci else f"[{ci[0]:.4g}, {ci[1]:.4g}]", r.get("chance"), r.get("n"),
                          r.get("seconds")])
         body.append(f"<h3><code>{escape(rel)}</code></h3>" + table(
-            ["task", "shots", "metric", "score", "95% CI", "chance", "n", "seconds"], rows, "eval"))
+            ["task", "shots", "metric", "score", "95% CI", "chance", "n", "seconds"], rows, "eval",
+            f' data-file="{escape(rel)}"'))
     return Section("evaluation", title, "".join(body))
 
 

@@ -171,19 +171,27 @@ class Workdir:
 
     def images(self, folder: str, shard_id: str, keys: Iterable[str]) -> dict[str, bytes]:
         """key -> image bytes, read by byte range from `{folder}/{id}.tar` (absent keys are left out)."""
+        found = self.members(folder, shard_id, keys, lambda ext: ext in samples.IMAGE_EXTS)
+        return {k: next(iter(m.values())) for k, m in found.items() if m}
+
+    def members(self, folder: str, shard_id: str, keys: Iterable[str], wanted=lambda ext: True) -> dict[str, dict]:
+        """key -> {ext: bytes} of its members whose extension `wanted` accepts, read by byte range
+        from `{folder}/{id}.tar`, in shard order; absent keys are left out."""
         rel = f"{folder}/{shard_id}.tar"
         if not self.has(rel):
             return {}
         url = self.join(rel)
         index = samples.index_shard(url)
-        wanted = []
+        picks = []
         for k in keys:
-            ext = next((e for e, _, _ in index.get(k, ()) if e in samples.IMAGE_EXTS), None)
-            if ext:
-                _, off, size = next(m for m in index[k] if m[0] == ext)
-                wanted.append((k, off, size))
-        blobs = tar.read_ranges(url, [(o, n) for _, o, n in wanted]) if wanted else []
-        return {k: b for (k, _, _), b in zip(wanted, blobs)}
+            if k in index:
+                mine = [(e, off, size) for e, off, size in index[k] if wanted(e)]
+                picks += [(k, e, off, size) for e, off, size in mine]
+        blobs = tar.read_ranges(url, [(o, n) for _, _, o, n in picks]) if picks else []
+        out: dict[str, dict] = {}
+        for (k, e, _, _), b in zip(picks, blobs):
+            out.setdefault(k, {})[e] = b
+        return out
 
     # -- everything else -------------------------------------------------------------------------
 

@@ -121,7 +121,9 @@ def tiny_clip(corpus: Annotated[Path, typer.Option(help="a demo corpus folder (w
 
     from mmdata.demo import tiny_clip as tc
 
-    cfg = tc.TinyClipConfig() if steps is None else dataclasses.replace(tc.TinyClipConfig(), steps=steps)
+    cfg = tc.TinyClipConfig(progress=True)
+    if steps is not None:
+        cfg = dataclasses.replace(cfg, steps=steps)
     try:
         path = tc.train(corpus, out, cfg, echo=typer.echo)
     except FileNotFoundError as e:
@@ -139,7 +141,7 @@ def tiny_recaption(corpus: Annotated[Path, typer.Option(help="a demo corpus fold
 
     from mmdata.demo import tiny_recaption as tr
 
-    cfg = tr.TinyRecaptionConfig()
+    cfg = tr.TinyRecaptionConfig(progress=True)
     if steps is not None:
         cfg = dataclasses.replace(cfg, captioner_steps=steps, fuser_steps=steps)
     try:

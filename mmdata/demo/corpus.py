@@ -48,10 +48,12 @@ def build(
     rates: NoiseRates | None = None,
     workers: int | None = None,
     n_eval: int | None = None,
+    done=lambda part: None,
 ) -> dict:
     """Build the corpus into ``out_dir`` (replacing a previous demo corpus there); returns the manifest.
 
-    ``n_eval``: test items per evaluation task (default n_pairs / 10, between 20 and 200)."""
+    ``n_eval``: test items per evaluation task (default n_pairs / 10, between 20 and 200).
+    ``done``: called with the name of each of its three parts (pairs, docs, eval) once it is written."""
     rates = rates or NoiseRates()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -64,10 +66,13 @@ def build(
     workers = workers or min(4, os.cpu_count() or 1)
     (out / "pairs").mkdir()
     pairs = build_pairs(out / "pairs", n_pairs, seed, rates, workers)
+    done("pairs")
     docs = build_docs(out / "docs", n_docs, seed, workers)
+    done("docs")
     n_eval = n_eval if n_eval is not None else min(200, max(20, n_pairs // 10))
     (out / "eval").mkdir()
     evals = build_eval(out / "eval", n_eval, seed, workers)
+    done("eval")
     manifest = {
         "generator": "mmdata.demo",
         "version": VERSION,

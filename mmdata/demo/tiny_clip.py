@@ -49,6 +49,7 @@ class TinyClipConfig:
     lr: float = 3e-3
     paraphrases: int = 4
     seed: int = 0
+    progress: bool = False  # a bar over the steps (the demo) instead of a line every 25
 
 
 def build_tokenizer(texts: list[str], vocab_size: int = 1000, max_tokens: int = 40):
@@ -146,6 +147,7 @@ def train(corpus_dir: str | Path, out_dir: str | Path, cfg: TinyClipConfig = Tin
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
     n, bs = len(data), min(cfg.batch_size, len(data))
     order, pos = rng.permutation(n), 0
+    bar = steps_bar("tiny-clip", cfg.steps, cfg.progress)
     for step in range(cfg.steps):
         if pos + bs > n:
             order, pos = rng.permutation(n), 0
@@ -162,8 +164,14 @@ def train(corpus_dir: str | Path, out_dir: str | Path, cfg: TinyClipConfig = Tin
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        if step % 25 == 0 or step == cfg.steps - 1:
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{out.loss.item():.3f}", refresh=False)
+        elif step % 25 == 0 or step == cfg.steps - 1:
             echo(f"tiny-clip: step {step + 1}/{cfg.steps} loss {out.loss.item():.3f} ({time.time() - t0:.0f}s)")
+    if bar is not None:
+        bar.close()
+        echo(f"tiny-clip: {cfg.steps} steps, loss {out.loss.item():.3f} ({time.time() - t0:.0f}s)")
     model.eval()
     return save(model, processor, tokenizer, out_dir)
 
@@ -219,3 +227,12 @@ def ensure_tiny_clip(corpus_dir: str | Path, out_dir: str | Path, cfg: TinyClipC
     if (out / "config.json").is_file():
         return str(out)
     return str(train(corpus_dir, out, cfg, echo))
+
+
+def steps_bar(name: str, total: int, progress: bool):
+    """The demo's models' training bar (tqdm, as the MM1 trainer's), or None without `progress`."""
+    if not progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=name, unit="step", dynamic_ncols=True)

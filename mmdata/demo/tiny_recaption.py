@@ -72,6 +72,7 @@ class TinyRecaptionConfig:
     # for a ViT to learn eight shapes from scratch; the held-out check stays on corpus images
     rendered: int = 2000
     threads: int | None = None  # torch threads while training (None: torch's default)
+    progress: bool = False  # a bar over the steps (the demo) instead of a line every 50
     seed: int = 0
 
 
@@ -227,14 +228,17 @@ def _sequences(prompts: list[list[int]], targets: list[str], tokenizer):
     return ids, mask, labels
 
 
-def _fit(model, steps: int, lr: float, batches, echo, name: str, t0: float) -> None:
+def _fit(model, steps: int, lr: float, batches, echo, name: str, t0: float, progress: bool) -> None:
     import torch
+
+    from mmdata.demo.tiny_clip import steps_bar
 
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     warm = max(1, steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    bar = steps_bar(name, steps, progress)
     for step in range(steps):
         loss = model(**batches(step)).loss
         opt.zero_grad(set_to_none=True)
@@ -242,8 +246,14 @@ def _fit(model, steps: int, lr: float, batches, echo, name: str, t0: float) -> N
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        if step % 50 == 0 or step == steps - 1:
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        elif step % 50 == 0 or step == steps - 1:
             echo(f"{name}: step {step + 1}/{steps} loss {loss.item():.3f} ({time.time() - t0:.0f}s)")
+    if bar is not None:
+        bar.close()
+        echo(f"{name}: {steps} steps, loss {loss.item():.3f} ({time.time() - t0:.0f}s)")
     model.eval()
 
 
@@ -333,7 +343,7 @@ def _train(cfg, corpus_dir, truth, captioner_dir, fuser_dir, echo, t0, rng, toke
         return {"input_ids": cap_ids[idx], "attention_mask": cap_mask[idx], "labels": cap_labels[idx],
                 "pixel_values": x}
 
-    _fit(captioner, cfg.captioner_steps, cfg.lr, caption_batch, echo, "tiny-captioner", t0)
+    _fit(captioner, cfg.captioner_steps, cfg.lr, caption_batch, echo, "tiny-captioner", t0, cfg.progress)
     said = []
     with torch.inference_mode():
         for i in range(0, len(held), 64):
@@ -361,7 +371,7 @@ def _train(cfg, corpus_dir, truth, captioner_dir, fuser_dir, echo, t0, rng, toke
         return {"input_ids": f_ids[idx, :width], "attention_mask": f_mask[idx, :width],
                 "labels": f_labels[idx, :width]}
 
-    _fit(fuser, cfg.fuser_steps, cfg.lr, fuse_batch, echo, "tiny-fuser", t0)
+    _fit(fuser, cfg.fuser_steps, cfg.lr, fuse_batch, echo, "tiny-fuser", t0, cfg.progress)
     return captioner_dir, save(fuser, tokenizer, fuser_dir)
 
 

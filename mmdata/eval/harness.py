@@ -211,6 +211,26 @@ class Result:
             "ci95": None if self.ci95 is None else [round(x, 4) for x in self.ci95]}
 
 
+def plan(cfg: EvalConfig, tasks: Sequence[str] | None = None) -> list[tuple[str, int]]:
+    """(task, shots) of every evaluation `Evaluator.run` makes, in its order."""
+    names = [n for n in ("caption", "vqa", "icl", "text") if getattr(cfg.tasks, n) is not None]
+    if tasks:
+        unknown = set(tasks) - set(names)
+        if unknown:
+            raise fm.FormatError(f"task {min(unknown)!r} is not configured (configured: {', '.join(names)})")
+        names = [n for n in names if n in tasks]
+    out = []
+    for name in names:
+        if name == "text":
+            shot_list = [0]  # a text task has no pictures to show
+        elif name == "icl":
+            shot_list = [k for k in cfg.shots if k > 0]  # with no demonstrations there is no mapping
+        else:
+            shot_list = list(cfg.shots)
+        out += [(name, k) for k in shot_list]
+    return out
+
+
 class Evaluator:
     CACHE = 1024  # decoded images kept (the query pool's are drawn again and again)
 
@@ -382,27 +402,14 @@ class Evaluator:
     def run(self, tasks: Sequence[str] | None = None) -> list[Result]:
         """Every configured task at every shot count; writes results.jsonl and predictions."""
         cfg = self.cfg
-        names = [n for n in ("caption", "vqa", "icl", "text") if getattr(cfg.tasks, n) is not None]
-        if tasks:
-            unknown = set(tasks) - set(names)
-            if unknown:
-                raise fm.FormatError(f"task {min(unknown)!r} is not configured (configured: {', '.join(names)})")
-            names = [n for n in names if n in tasks]
         results = []
-        for name in names:
-            if name == "text":
-                shot_list = [0]  # a text task has no pictures to show
-            elif name == "icl":
-                shot_list = [k for k in cfg.shots if k > 0]  # with no demonstrations there is no mapping
-            else:
-                shot_list = list(cfg.shots)
-            for k in shot_list:
-                start = time.perf_counter()
-                res, preds = getattr(self, name)(k)
-                res.seconds = time.perf_counter() - start
-                fsio.write_json(fsio.join(cfg.out, f"predictions_{name}_{k}shot.json"), preds)
-                results.append(res)
-                self.echo(json.dumps(res.line()))
+        for name, k in plan(cfg, tasks):
+            start = time.perf_counter()
+            res, preds = getattr(self, name)(k)
+            res.seconds = time.perf_counter() - start
+            fsio.write_json(fsio.join(cfg.out, f"predictions_{name}_{k}shot.json"), preds)
+            results.append(res)
+            self.echo(json.dumps(res.line()))
         lines = "".join(json.dumps(r.line()) + "\n" for r in results)
         fsio.atomic_write(fsio.join(cfg.out, "results.jsonl"), lines.encode())
         return results

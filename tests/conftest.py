@@ -5,6 +5,7 @@
   its endpoint from the environment it sets.
 - `http_root`: a plain HTTP server on 127.0.0.1 serving a temp folder (`.url` and `.path`).
 - `demo`: a small demo corpus built once, and `demo_server` serving it.
+- `mm1_tiny`, `tiny_eval`, `tiny_recaption`: the demo's models trained (and evaluated) once.
 """
 
 from __future__ import annotations
@@ -203,6 +204,36 @@ def mm1_tiny(tmp_path_factory, demo_shards):
     folder = shared_once(tmp_path_factory, "mm1-tiny", make)
     return result.get("run") or train.Result(str(folder), str(folder / "log.jsonl"), None, str(folder / "model"),
                                              MM1_TINY_STEPS, None)
+
+
+@dataclass
+class TinyEval:
+    work: Path  # a workdir holding eval/results.jsonl
+    results: Path
+    said: list[str]  # what the evaluation printed
+
+
+@pytest.fixture(scope="session")
+def tiny_eval(tmp_path_factory, mm1_tiny, demo_corpus) -> TinyEval:
+    """What `make demo` runs after training (`mmdata.demo.run.evaluate_tiny`: pipelines/eval-demo.yaml,
+    DEMO_EVAL_ITEMS items per task and shot count) on `mm1_tiny`, once per session."""
+    from mmdata.demo import run as demo_run
+
+    def make(folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        old = os.environ.get("MMDATA_DEMO_CORPUS")
+        os.environ["MMDATA_DEMO_CORPUS"] = str(demo_corpus)  # the held-out tasks eval-demo.yaml reads
+        try:
+            said = []
+            got = demo_run.evaluate_tiny(ROOT / "pipelines" / "eval-demo.yaml", mm1_tiny.model, str(folder),
+                                         echo=said.append)
+            assert got == str(folder / "eval" / "results.jsonl")
+            (folder / "said.txt").write_text("\n".join(said))
+        finally:
+            os.environ.pop("MMDATA_DEMO_CORPUS") if old is None else os.environ.__setitem__("MMDATA_DEMO_CORPUS", old)
+
+    folder = shared_once(tmp_path_factory, "tiny-eval", make)
+    return TinyEval(folder, folder / "eval" / "results.jsonl", (folder / "said.txt").read_text().splitlines())
 
 
 @dataclass

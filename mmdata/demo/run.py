@@ -4,7 +4,9 @@ evaluation of the model it exports (pipelines/eval-demo.yaml on a small seeded s
 corpus's held-out tasks; `{workdir}/eval/results.jsonl`, which `mmdata report` tabulates).
 
 The recipe reaches the corpus and the server through `${MMDATA_DEMO_CORPUS}` and
-`${MMDATA_DEMO_PORT}`, so the same YAML works whatever port the server got.
+`${MMDATA_DEMO_PORT}`, so the same YAML works whatever port the server got, and the real pages and
+WARCs that the interleaved and text stages read beside the generated ones through `${MMDATA_SHARED}`
+(`shared_folder`), so it works from any directory.
 """
 
 from __future__ import annotations
@@ -16,9 +18,26 @@ from pathlib import Path
 
 from mmdata import config, fsio
 from mmdata import pipeline as pl
+from mmdata.config import ConfigError
 from mmdata.demo.corpus import VERSION, build
 from mmdata.demo.server import DemoServer
 from mmdata.report.workdir import MIX_STATS
+
+ROOT = Path(__file__).resolve().parents[2]
+SHARED_STAGES = ("interleaved", "text")  # the stages of pipelines/demo.yaml that read the real pages
+
+
+def shared_folder() -> Path:
+    """The folder holding the real pages and WARCs (`data/html/*.html`, `data/warc/*.warc.gz`):
+    `$MMDATA_SHARED`, else `shared/` beside the checkout (where CI puts it, as for the tests). A
+    missing one is an error rather than a demo of generated pages only that says it used real ones."""
+    env = os.environ.get("MMDATA_SHARED")
+    folder = Path(env).resolve() if env else ROOT.parent / "shared"
+    data = folder / "data"
+    if not (any(data.glob("html/*.html")) and any(data.glob("warc/*.warc.gz"))):
+        raise ConfigError(f"{data}: no real pages (html/*.html) and WARCs (warc/*.warc.gz) for the demo; "
+                          "set MMDATA_SHARED to the folder holding data/")
+    return folder
 
 
 def ensure_corpus(folder: Path, n_pairs: int, n_docs: int, seed: int, echo=print) -> bool:
@@ -30,8 +49,17 @@ def ensure_corpus(folder: Path, n_pairs: int, n_docs: int, seed: int, echo=print
         if (m.get("version"), m.get("n_pairs"), m.get("n_docs"), m.get("seed")) == (VERSION, n_pairs, n_docs, seed):
             return False
     echo(f"building the demo corpus in {folder}: {n_pairs} pairs, {n_docs} documents")
-    build(folder, n_pairs=n_pairs, n_docs=n_docs, seed=seed)
+    with bar("demo corpus", 3, "part") as parts:
+        build(folder, n_pairs=n_pairs, n_docs=n_docs, seed=seed,
+              done=lambda part: (parts.set_postfix_str(f"{part} written", refresh=False), parts.update(1)))
     return True
+
+
+def bar(desc: str, total: int, unit: str):
+    """A progress bar for a long step that is not a stage (the stages have the engine's)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True)
 
 
 def run(
@@ -51,6 +79,8 @@ def run(
     echo=print,
 ) -> list:
     folder = Path(corpus or os.environ.get("MMDATA_DEMO_CORPUS") or "work/demo-corpus").resolve()
+    if set(stages or SHARED_STAGES) & set(SHARED_STAGES):
+        os.environ["MMDATA_SHARED"] = str(shared_folder())
     rebuilt = ensure_corpus(folder, n_pairs, n_docs, seed, echo)
     with DemoServer(folder) as server:
         os.environ["MMDATA_DEMO_CORPUS"] = str(folder)
@@ -63,15 +93,15 @@ def run(
             shutil.rmtree(pipe.workdir)
         if "clipscore" in (stages or pipe.stages):
             # no CLIP weights can be downloaded here: a tiny one learns the demo corpus in seconds
-            from mmdata.demo.tiny_clip import ensure_tiny_clip
+            from mmdata.demo.tiny_clip import TinyClipConfig, ensure_tiny_clip
 
-            ensure_tiny_clip(folder, pipe.section("clipscore").model, echo=echo)
+            ensure_tiny_clip(folder, pipe.section("clipscore").model, TinyClipConfig(progress=True), echo=echo)
         if "recaption" in (stages or pipe.stages):
             # a tiny LLaVA captioner (and, when the recipe names one, a tiny chat LM) learn the corpus
-            from mmdata.demo.tiny_recaption import ensure_tiny_recaption
+            from mmdata.demo.tiny_recaption import TinyRecaptionConfig, ensure_tiny_recaption
 
             rc = pipe.section("recaption")
-            ensure_tiny_recaption(folder, rc.describe.model, rc.fuse.model, echo=echo)
+            ensure_tiny_recaption(folder, rc.describe.model, rc.fuse.model, TinyRecaptionConfig(progress=True), echo=echo)
         reports = pl.run(pipe, stages, overwrite=overwrite, echo=echo)
     if mixture and "shards" in (stages or pipe.stages):
         # the training side: the MM1 mixture over the shards just written, small batches for a small corpus
@@ -134,10 +164,14 @@ def evaluate_tiny(recipe: str | os.PathLike, model: str, workdir: str, *, max_it
     """`mmdata eval` with `recipe` on `model` over the demo corpus's held-out tasks (MMDATA_DEMO_CORPUS),
     a seeded subset of `max_items` per task; results in `{workdir}/eval/results.jsonl`, returned."""
     from mmdata.eval import run as ev
+    from mmdata.eval.harness import plan
 
     out = fsio.join(workdir, "eval")
     echo(f"evaluating {model} ({recipe}, {max_items} items per task and shot count)")
-    results = ev.run(recipe, [f"checkpoint={model}", f"out={out}", f"max_items={max_items}"], echo=lambda _: None)
+    overrides = [f"checkpoint={model}", f"out={out}", f"max_items={max_items}"]
+    with bar("eval", len(plan(ev.load_config(recipe, overrides))), "task") as done:
+        results = ev.run(recipe, overrides, echo=lambda line: (
+            done.set_postfix_str("{task} {shots}-shot".format(**json.loads(line)), refresh=False), done.update(1)))
     echo(f"  {'task':<8}{'shots':>5}  {'metric':<14}{'score':>7}  {'95% CI':<16}chance")
     for r in (r.line() for r in results):
         ci, chance = r.get("ci95"), r.get("chance")

@@ -183,18 +183,39 @@ def demo_shards(tmp_path_factory, downloaded, demo_corpus, demo_server, client) 
     return shared_once(tmp_path_factory, "demo-shards", make) / "shards"
 
 
+@pytest.fixture(scope="session")
+def tiny_vision(tmp_path_factory) -> str:
+    """The tiny MM1's pretrained image encoder (pipelines/mm1-tiny.yaml `encoder.pretrain`, through
+    `mmdata.demo.tiny_vision`), built once per session; pass `model.encoder.model=<it>` to tiny recipes."""
+    import torch
+
+    from mmdata.demo import tiny_vision as tv
+    from mmdata.mm1 import tiny
+    from mmdata.mm1.train import load_recipe
+
+    def make(folder: Path) -> None:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as the recipe trains (train.threads)
+        try:
+            tv.train(folder, load_recipe(tiny.RECIPE).model.encoder.pretrain, echo=print)
+        finally:
+            torch.set_num_threads(threads)
+
+    return str(shared_once(tmp_path_factory, "tiny-vision", make))
+
+
 MM1_TINY_STEPS = 300
 
 
 @pytest.fixture(scope="session")
-def mm1_tiny(tmp_path_factory, demo_shards):
+def mm1_tiny(tmp_path_factory, demo_shards, tiny_vision):
     """The tiny MM1 (pipelines/mm1-tiny.yaml) trained once per session on `demo_shards` through
     `mmdata.mm1.train.run`, on their captions only, so it learns to caption in a few hundred CPU steps.
     Returns the run's Result (`.model` loads with `MM1.from_pretrained`, `.log` is log.jsonl)."""
     from mmdata.mm1 import tiny, train
 
     overrides = [f"train.steps={MM1_TINY_STEPS}", f"train.checkpoint_every={MM1_TINY_STEPS}", "train.progress=false",
-                 "data.seq_len=128", "data.num_workers=1", "train.threads=1"]
+                 "data.seq_len=128", "data.num_workers=1", "train.threads=1", f"model.encoder.model={tiny_vision}"]
     mix = ["global_batch=16", "sources.captions.weight=100", "sources.interleaved.weight=0", "sources.text.weight=0"]
     result = {}
 

@@ -16,12 +16,30 @@ from pydantic import Field, model_validator
 from mmdata.config import Mixture, Strict
 
 
+class VisionPretraining(Strict):
+    """A tiny CLIP ViT pretrained in code on freshly rendered demo scenes (`mmdata.demo.tiny_vision`):
+    the stand-in for MM1's pretrained encoder where no weights can be downloaded (tests, the demo)."""
+
+    image_size: int = Field(64, ge=8)
+    patch_size: int = Field(8, ge=1)
+    width: int = Field(64, ge=8)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(2, ge=1)
+    images: int = Field(4000, ge=64, description="scenes rendered once, reused across steps")
+    steps: int = Field(1000, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    seed: int = 0
+
+
 class EncoderConfig(Strict):
     """Image encoder: any Hugging Face CLIP / SigLIP vision tower."""
 
     model: str | None = Field(None, description="hub id or local path (a full CLIP/SigLIP or a vision-only checkpoint)")
     config: dict[str, Any] | None = Field(
         None, description="random init from a vision config instead, e.g. {model_type: clip_vision_model, hidden_size: 64, ...}")
+    pretrain: VisionPretraining | None = Field(
+        None, description="build `model` (a local folder) with this recipe first when it is not there yet")
     feature_layer: int = Field(-1, description="hidden state fed to the connector: -1 last, -2 penultimate (LLaVA)")
     freeze: bool = Field(False, description="MM1 trains everything; freeze to train connector (+ LLM) only")
 
@@ -29,6 +47,8 @@ class EncoderConfig(Strict):
     def _one_source(self) -> EncoderConfig:
         if (self.model is None) == (self.config is None):
             raise ValueError("set exactly one of model (hub id / path) or config (random init)")
+        if self.pretrain is not None and self.model is None:
+            raise ValueError("pretrain writes a local folder: set model to its path")
         return self
 
 

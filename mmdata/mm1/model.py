@@ -226,7 +226,7 @@ class MM1(nn.Module):
             state = {k: v.detach().cpu().contiguous() for k, v in self.connector.state_dict().items()}
             save_file(state, os.path.join(root, "connector.safetensors"))
             cfg = self.cfg.model_dump(mode="json")
-            cfg["encoder"].update(model="encoder", config=None)  # the parts now live beside mm1.json
+            cfg["encoder"].update(model="encoder", config=None, pretrain=None)  # the parts now live beside mm1.json
             cfg["decoder"].update(model="decoder", config=None, tokenizer=None, train_tokenizer=None)
             meta = {"format": "mmdata.mm1/1", "model": cfg, "image": asdict(self.image)}
             with open(os.path.join(root, "mm1.json"), "w") as f:

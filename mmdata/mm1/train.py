@@ -211,6 +211,21 @@ def tokenizer_for(recipe: TrainRecipe, mix: Mixture, d: dd.Dist, echo):
         return tk.load(path, image_token)
 
 
+def pretrain_encoder(recipe: TrainRecipe, d: dd.Dist, echo) -> None:
+    """`encoder.pretrain`: the tiny encoder is pretrained into `encoder.model` once, by the main process,
+    and reused by every later run that names the same folder."""
+    ecfg = recipe.model.encoder
+    if ecfg.pretrain is None:
+        return
+    if not io.is_local(ecfg.model):
+        raise TrainError(f"encoder.model {ecfg.model}: pretrain writes a local folder")
+    if d.main and not os.path.isfile(os.path.join(ecfg.model, "config.json")):
+        from mmdata.demo.tiny_vision import train as pretrain
+
+        pretrain(ecfg.model, ecfg.pretrain, echo)  # seeds torch itself; the run re-seeds right after
+    d.barrier()
+
+
 def make_loaders(recipe: TrainRecipe, mix: Mixture, d: dd.Dist, packer: Packer) -> list:
     from mmdata.mix import loader
 
@@ -293,6 +308,7 @@ def _run(recipe: TrainRecipe, d: dd.Dist, overwrite: bool, echo) -> Result:
         raise TrainError(f"{recipe.out} holds a run with other settings ({changed}); resume with the same "
                          f"recipe, or start over with --overwrite or another out")
 
+    pretrain_encoder(recipe, d, echo)
     torch.manual_seed(t.seed)  # the same initial weights on every rank
     tok = tokenizer_for(recipe, mix, d, echo)
     model = MM1(recipe.model, tok, ImageSpec.from_decode(mix.decode))

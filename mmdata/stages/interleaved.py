@@ -345,7 +345,9 @@ def global_dedup(client, shards: list[Shard[MeasureFile]], out: str, cfg) -> dic
             reason.iloc[live[dup]] = ["near_duplicate_of:" + k for k in df["key"].iloc[live[rep[dup]]]]
     keep = set(df.loc[reason.isna(), "key"])
     banned_images = banned_paras = np.zeros(0, np.uint64)
-    keep_f = client.scatter(keep, broadcast=True)
+    # one future for the whole set: scatter() of a set scatters each element as its own future
+    # (thousands of tiny tasks; with ~1000 documents the scheduler failed on them)
+    [keep_f] = client.scatter([keep], broadcast=True)
     if cfg.max_image_url_count is not None:
         banned_images = _sum_counts(client.gather(client.map(_counts, urls, keep=keep_f, col="image_keys", pure=False)),
                                     cfg.max_image_url_count)

@@ -44,7 +44,7 @@ class DataSpec(Strict):
     workdir: str = Field("work/ablate/data", description="the pipeline's workdir (its shards/ feed every run)")
     corpus: str = "work/ablate/corpus"
     pairs: int = Field(2000, ge=100)
-    docs: int = Field(600, ge=20)
+    docs: int = Field(3000, ge=20)
     seed: int = 0
 
 

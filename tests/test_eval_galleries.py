@@ -1,0 +1,31 @@
+"""The gallery probe (mmdata.eval.galleries): the demo's few-shot pages as the trainer sees them."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from mmdata.demo.tasks import LABELS
+from mmdata.eval.galleries import gallery_probe
+
+
+def test_gallery_probe_scores_every_name_as_trained(mm1_tiny, demo_shards, demo_corpus):
+    from mmdata.mm1 import MM1
+
+    model = MM1.from_pretrained(mm1_tiny.model)
+    pages = [json.loads(line) for line in (demo_corpus / "docs" / "truth.jsonl").read_text().splitlines()]
+    galleries = {p["url"]: p for p in pages if p.get("kind") == "gallery"}
+    probe = gallery_probe(model, str(demo_shards), limit=4)
+    print("\n".join(probe.lines()))
+    assert 0 < probe.galleries <= len(galleries) and probe.docs > probe.galleries and probe.scored == min(4, probe.galleries)
+    assert sum(probe.name_tokens.values()) == len(LABELS)
+    # whole pages fit 512 tokens: every picture, and a name after each (but paragraphs the dedup stage dropped)
+    assert 8 <= probe.pictures <= 14 and 0.8 * probe.pictures <= probe.names <= probe.pictures
+    (mf, nf), (mr, nr) = probe.loss["first"], probe.loss["repeat"]
+    assert nf + nr == round(probe.names * probe.scored) and nr > nf  # every class recurs on its page
+    assert nf >= 2 * probe.scored and all(math.isfinite(x) and x > 0 for x in (mf, mr))
+    assert 0 < probe.choice["repeat"][1] <= nr
+    # the trainer's cuts: 4 images per sequence keep 4 pictures; 128 tokens keep fewer names
+    assert gallery_probe(model, str(demo_shards), max_images=4, limit=4).pictures == 4
+    short = gallery_probe(model, str(demo_shards), seq_len=128, limit=4)
+    assert short.names < probe.names and short.pictures < probe.pictures

@@ -375,8 +375,9 @@ def _train(cfg, corpus_dir, truth, captioner_dir, fuser_dir, echo, t0, rng, toke
     return captioner_dir, save(fuser, tokenizer, fuser_dir)
 
 
-def save(model, processor, out_dir: str | Path) -> Path:
-    """save_pretrained into a temp folder beside `out_dir`, then rename: a reader never sees half a model."""
+def save(model, processor, out_dir: str | Path, extra: dict[str, str] | None = None) -> Path:
+    """save_pretrained (and the `extra` files: name -> text) into a temp folder beside `out_dir`, then
+    rename: a reader never sees half a model."""
     import shutil
     import uuid
 
@@ -386,6 +387,8 @@ def save(model, processor, out_dir: str | Path) -> Path:
     try:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
+        for name, text in (extra or {}).items():
+            (tmp / name).write_text(text)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)

@@ -164,9 +164,18 @@ def train(out_dir: str | Path, cfg: VisionPretraining, echo=log.info) -> Path:
                  + ", ".join(f"{k} {v:.0%}" for k, v in right.items())
                  + f" ({time.process_time() - c0:.0f} CPU s)")
     tower.eval()
-    out = save(tower, processor, out_dir)
     info = {"recipe": cfg.model_dump(), "held_out_images": len(hy), "final": curve[-1], "curve": curve,
             "cpu_seconds": round(time.process_time() - c0, 1)}
-    (out / "pretraining.json").write_text(json.dumps(info, indent=1))
-    return out
+    return save(tower, processor, out_dir, extra={INFO: json.dumps(info, indent=1)})
+
+
+INFO = "pretraining.json"  # written with the weights, so it marks a finished build and names its recipe
+
+
+def built_with(out_dir: str | Path) -> dict | None:
+    """The recipe the tower in `out_dir` was pretrained with, or None when there is none."""
+    try:
+        return json.loads((Path(out_dir) / INFO).read_text())["recipe"]
+    except (OSError, ValueError, KeyError):
+        return None
 

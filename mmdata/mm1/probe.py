@@ -31,7 +31,8 @@ class ProbeResult:
 
 
 def images(n: int, seed: int = 0) -> list[tuple[im.Concept, object]]:
-    """`n` (concept, PIL image) pairs, one count each so the shape is unambiguous in size."""
+    """`n` (concept, PIL image) pairs, drawn as the demo draws its pictures (one to three shapes, the
+    probe's own seeds: never in any corpus)."""
     out = []
     for i in range(n):
         rng = im.seeded_rng("mm1-probe", seed, i)

@@ -213,16 +213,21 @@ def tokenizer_for(recipe: TrainRecipe, mix: Mixture, d: dd.Dist, echo):
 
 def pretrain_encoder(recipe: TrainRecipe, d: dd.Dist, echo) -> None:
     """`encoder.pretrain`: the tiny encoder is pretrained into `encoder.model` once, by the main process,
-    and reused by every later run that names the same folder."""
+    and reused by every later run that names the same folder with the same recipe; a folder built
+    with another recipe is built again (never silently reused)."""
     ecfg = recipe.model.encoder
     if ecfg.pretrain is None:
         return
     if not io.is_local(ecfg.model):
         raise TrainError(f"encoder.model {ecfg.model}: pretrain writes a local folder")
-    if d.main and not os.path.isfile(os.path.join(ecfg.model, "config.json")):
-        from mmdata.demo.tiny_vision import train as pretrain
+    if d.main:
+        from mmdata.demo import tiny_vision as tv
 
-        pretrain(ecfg.model, ecfg.pretrain, echo)  # seeds torch itself; the run re-seeds right after
+        was = tv.built_with(ecfg.model)
+        if was != ecfg.pretrain.model_dump():
+            if was is not None or os.path.exists(ecfg.model):
+                echo(f"encoder.model {ecfg.model}: built with another pretrain recipe (or unfinished); building again")
+            tv.train(ecfg.model, ecfg.pretrain, echo)  # seeds torch itself; the run re-seeds right after
     d.barrier()
 
 

@@ -9,10 +9,14 @@ rendered by the demo's own generator (`mmdata.demo.images`: fresh concepts and p
 the probe's seeds), with supervised heads:
 
 - on the class token: the shape, its colour, the background colour and the count;
-- on every patch token: which shape covers that patch (or none): each patch on a shape gets its own
-  label, so the patch tokens, which are what MM1's connector reads, carry the shape. It lifts the
-  held-out shape accuracy after a CPU minute from 16-19% (class-token heads alone) to 26%; colours
-  are learned almost perfectly, shapes are not yet (docs/trainer.md, "What the tiny model learns").
+- on every patch token: which shape covers that patch (or none), and the colour under it (the
+  shape's or the background's), so the patch tokens, which are what MM1's connector reads, carry
+  both.
+
+Colours are learned in a few hundred steps, shapes slowly (docs/trainer.md, "What the tiny model
+learns"), so the class token's colour, background and count losses are weighted down
+(`attribute_weight`) and the scenes are turned by multiples of 90 degrees and mirrored (the same
+shapes, eight times the pictures).
 
 A share of the scenes is easy (one shape on a plain background, no sign), a curriculum that gets
 the shape features started. The held-out accuracy per attribute is echoed and kept in
@@ -133,7 +137,8 @@ def train(out_dir: str | Path, cfg: VisionPretraining, echo=log.info) -> Path:
     tower = build_tower(cfg)
     head = nn.Linear(cfg.width, sum(_SIZES))
     patch_head = nn.Linear(cfg.width, _SIZES[0] + 1)  # a shape, or none
-    params = [*tower.parameters(), *head.parameters(), *patch_head.parameters()]
+    colour_head = nn.Linear(cfg.width, _SIZES[1])
+    params = [*tower.parameters(), *head.parameters(), *patch_head.parameters(), *colour_head.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.05)
     warm = max(1, cfg.steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -143,14 +148,19 @@ def train(out_dir: str | Path, cfg: VisionPretraining, echo=log.info) -> Path:
     tower.train()
     for step in range(cfg.steps):
         idx = torch.from_numpy(rng.integers(0, cfg.images, cfg.batch_size))
-        flip = torch.from_numpy(rng.random(cfg.batch_size) < 0.5)  # a mirrored scene shows the same shapes
-        xb = torch.where(flip.view(-1, 1, 1, 1), x[idx].flip(-1), x[idx])
+        # a mirrored or quarter-turned scene shows the same shapes
+        flip = torch.from_numpy(rng.random(cfg.batch_size) < 0.5)
+        turn = int(rng.integers(4))
+        xb = torch.where(flip.view(-1, 1, 1, 1), x[idx].flip(-1), x[idx]).rot90(turn, (2, 3))
         db = dense[idx].view(-1, grid, grid)
-        db = torch.where(flip.view(-1, 1, 1), db.flip(-1), db)
+        db = torch.where(flip.view(-1, 1, 1), db.flip(-1), db).rot90(turn, (1, 2)).reshape(len(idx), -1)
         h = tower(pixel_values=xb).last_hidden_state
         parts = head(h[:, 0]).split(_SIZES, dim=1)
-        loss = sum(F.cross_entropy(p, y[idx, k]) for k, p in enumerate(parts))
-        loss = loss + F.cross_entropy(patch_head(h[:, 1:]).reshape(-1, _SIZES[0] + 1), db.reshape(-1))
+        loss = sum(F.cross_entropy(p, y[idx, k]) * (1.0 if k == 0 else cfg.attribute_weight)
+                   for k, p in enumerate(parts))
+        under = torch.where(db < _SIZES[0], y[idx, 1:2], y[idx, 2:3])  # the shape's colour, else the background's
+        loss = loss + F.cross_entropy(patch_head(h[:, 1:]).reshape(-1, _SIZES[0] + 1), db.reshape(-1)) \
+            + F.cross_entropy(colour_head(h[:, 1:]).reshape(-1, _SIZES[1]), under.reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

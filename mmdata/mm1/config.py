@@ -25,8 +25,10 @@ class VisionPretraining(Strict):
     width: int = Field(64, ge=8)
     layers: int = Field(2, ge=1)
     heads: int = Field(2, ge=1)
-    images: int = Field(4000, ge=64, description="scenes rendered once, reused across steps")
-    steps: int = Field(1000, ge=1)
+    images: int = Field(8000, ge=64, description="scenes rendered once, reused across steps")
+    steps: int = Field(4000, ge=1)
+    attribute_weight: float = Field(
+        0.1, ge=0, description="weight of the class token's colour, background and count losses; shape's is 1")
     batch_size: int = Field(32, ge=1)
     lr: float = Field(3e-3, gt=0)
     seed: int = 0

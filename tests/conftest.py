@@ -283,9 +283,10 @@ class TinyRecaption:
 
 
 @pytest.fixture(scope="session")
-def tiny_recaption(tmp_path_factory, demo_corpus) -> TinyRecaption:
-    """The tiny LLaVA captioner and the tiny fusion LM, and a tiny CLIP that scores their captions, trained
-    once per session on `demo_corpus` through the functions `mmdata demo` calls (fewer steps than the demo's)."""
+def tiny_recaption(tmp_path_factory, demo_corpus, tiny_vision) -> TinyRecaption:
+    """The tiny LLaVA captioner (from the `tiny_vision` tower, as `make demo` builds it) and the tiny fusion
+    LM, and a tiny CLIP that scores their captions, trained once per session on `demo_corpus` through the
+    functions `mmdata demo` calls (fewer steps than the demo's)."""
     from mmdata.demo.tiny_clip import TinyClipConfig, ensure_tiny_clip
     from mmdata.demo.tiny_recaption import TinyRecaptionConfig, ensure_tiny_recaption
 
@@ -297,7 +298,8 @@ def tiny_recaption(tmp_path_factory, demo_corpus) -> TinyRecaption:
         try:
             ensure_tiny_clip(demo_corpus, folder / "clip", TinyClipConfig(steps=60))
             ensure_tiny_recaption(demo_corpus, folder / "captioner", folder / "fuser",
-                                  TinyRecaptionConfig(captioner_steps=300, fuser_steps=60, rendered=600), echo=print)
+                                  TinyRecaptionConfig(captioner_steps=300, fuser_steps=60, rendered=600, vision=tiny_vision),
+                                  echo=print)
         finally:
             torch.set_num_threads(threads)
 

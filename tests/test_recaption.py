@@ -248,9 +248,10 @@ def test_synthetic_captions_beat_uninformative_alttext(tmp_path, downloaded, tin
     truth = load_truth(Path(downloaded.download.input).parent.parent).set_index("sample_id")
     done = df[df["status_y"].eq("success")]
     right = accuracy(done["description"].tolist(), [concept(r) for r in truth.loc[done["sample_id"]].reset_index().to_dict("records")])
-    print("descriptions name the right " + ", ".join(f"{k} {v:.0%}" for k, v in right.items()))
-    # colour and background are learned (chance: 1/8 each); the shape is not, this briefly (docs/recaption.md)
-    assert right["colour"] >= 0.6 and right["background"] >= 0.8
+    print(f"descriptions of {len(done)} images name the right " + ", ".join(f"{k} {v:.0%}" for k, v in right.items()))
+    # chance: 1/8 each for colour, background and shape; from the pretrained tiny tower the shape is
+    # learned too, less well than colours (docs/recaption.md)
+    assert right["colour"] >= 0.6 and right["background"] >= 0.8 and right["shape"] >= 0.25
 
     # an upstream sidecar changes (the filter re-run, now calling one more AltText uninformative): the
     # shards whose selection changed are redone, the others stay finished; nothing is "already done" wrongly

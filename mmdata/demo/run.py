@@ -101,7 +101,8 @@ def run(
             from mmdata.demo.tiny_recaption import TinyRecaptionConfig, ensure_tiny_recaption
 
             rc = pipe.section("recaption")
-            ensure_tiny_recaption(folder, rc.describe.model, rc.fuse.model, TinyRecaptionConfig(progress=True), echo=echo)
+            cfg = TinyRecaptionConfig(progress=True, vision=tiny_tower(train, echo) if train else None)
+            ensure_tiny_recaption(folder, rc.describe.model, rc.fuse.model, cfg, echo=echo)
         reports = pl.run(pipe, stages, overwrite=overwrite, echo=echo)
     if mixture and "shards" in (stages or pipe.stages):
         # the training side: the MM1 mixture over the shards just written, small batches for a small corpus
@@ -117,6 +118,16 @@ def run(
                 evaluate_tiny(evaluation, model, pipe.workdir, echo=echo)
     where(pipe, echo)
     return reports
+
+
+def tiny_tower(recipe: str | os.PathLike, echo=print) -> str | None:
+    """The tiny MM1's pretrained image encoder (`encoder.pretrain` of `recipe`), built now when missing:
+    the tiny captioner starts from it too, and the MM1 run reuses it."""
+    from mmdata.demo import tiny_vision as tv
+    from mmdata.mm1.train import load_recipe
+
+    enc = load_recipe(recipe).model.encoder
+    return tv.ensure(enc.model, enc.pretrain, echo, name=f"encoder.model {enc.model}") if enc.pretrain else None
 
 
 def where(pipe: config.Pipeline, echo=print) -> None:

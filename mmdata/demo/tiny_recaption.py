@@ -20,6 +20,7 @@ Targets come from the corpus' known truth (`truth.parquet`), never from the nois
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -71,6 +72,10 @@ class TinyRecaptionConfig:
     # scenes rendered by the corpus' own generator beside the corpus' images: 400 photos are too few
     # for a ViT to learn eight shapes from scratch; the held-out check stays on corpus images
     rendered: int = 2000
+    # a pretrained tiny CLIP vision tower (mmdata.demo.tiny_vision's folder) to start from, kept frozen:
+    # its size replaces the one above. Trained from scratch in the captioner's minute, a tower learns
+    # colours but not shapes (docs/recaption.md)
+    vision: str | None = None
     threads: int | None = None  # torch threads while training (None: torch's default)
     progress: bool = False  # a bar over the steps (the demo) instead of a line every 50
     seed: int = 0
@@ -181,15 +186,26 @@ def build_captioner(cfg: TinyRecaptionConfig, tokenizer):
     """A LLaVA: a small CLIP vision tower, LLaVA's projector, a 2-layer Llama."""
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
-    tower = CLIPVisionConfig(hidden_size=cfg.vision_width, intermediate_size=2 * cfg.vision_width,
-                             num_hidden_layers=cfg.vision_layers, num_attention_heads=cfg.heads,
-                             image_size=cfg.image_size, patch_size=cfg.patch_size)
+    pretrained = None
+    if cfg.vision:
+        from transformers import CLIPVisionModel
+
+        pretrained = CLIPVisionModel.from_pretrained(cfg.vision)
+        tower = pretrained.config
+    else:
+        tower = CLIPVisionConfig(hidden_size=cfg.vision_width, intermediate_size=2 * cfg.vision_width,
+                                 num_hidden_layers=cfg.vision_layers, num_attention_heads=cfg.heads,
+                                 image_size=cfg.image_size, patch_size=cfg.patch_size)
     config = LlavaConfig(vision_config=tower, text_config=LlamaConfig(**_llama(cfg, tokenizer)),
                          image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
                          image_seq_length=(tower.image_size // tower.patch_size) ** 2,
                          vision_feature_layer=-1, vision_feature_select_strategy="default",
                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     model = LlavaForConditionalGeneration(config)
+    if pretrained is not None:
+        vision = model.model.vision_tower if hasattr(model, "model") else model.vision_tower
+        vision.load_state_dict(pretrained.state_dict())
+        vision.requires_grad_(False)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     return model
@@ -272,6 +288,10 @@ def train(corpus_dir: str | Path, captioner_dir: str | Path, fuser_dir: str | Pa
 
     hf_logging.disable_progress_bar()
     keep_freed_memory()
+    if cfg.vision:  # the processor and the image tokens follow the pretrained tower's geometry
+        tower = json.loads((Path(cfg.vision) / "config.json").read_text())
+        tower = tower.get("vision_config", tower)
+        cfg = dataclasses.replace(cfg, image_size=tower["image_size"], patch_size=tower["patch_size"])
     t0 = time.time()
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)

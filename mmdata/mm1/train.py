@@ -223,11 +223,8 @@ def pretrain_encoder(recipe: TrainRecipe, d: dd.Dist, echo) -> None:
     if d.main:
         from mmdata.demo import tiny_vision as tv
 
-        was = tv.built_with(ecfg.model)
-        if was != ecfg.pretrain.model_dump():
-            if was is not None or os.path.exists(ecfg.model):
-                echo(f"encoder.model {ecfg.model}: built with another pretrain recipe (or unfinished); building again")
-            tv.train(ecfg.model, ecfg.pretrain, echo)  # seeds torch itself; the run re-seeds right after
+        # seeds torch itself; the run re-seeds right after
+        tv.ensure(ecfg.model, ecfg.pretrain, echo, name=f"encoder.model {ecfg.model}")
     d.barrier()
 
 

@@ -82,3 +82,17 @@ def test_recipe_is_checked():
     assert cfg.baseline in [r.name for r in cfg.rows] and len(cfg.seeds) >= 2
     with pytest.raises(cfgmod.ConfigError, match="seeds"):
         cfgmod.load("pipelines/ablate.yaml", ab.AblateConfig, ["seeds=[0]"])
+
+
+def test_every_row_of_the_recipe_loads(tmp_path):
+    """Each row's overrides fit the trainer's recipe and the mixture as they are today (a row that names
+    a field the tiny recipe no longer has would fail only minutes into `make ablate`)."""
+    from mmdata.mm1.train import mixture_of
+
+    cfg = cfgmod.load("pipelines/ablate.yaml", ab.AblateConfig)
+    for row in cfg.rows:
+        recipe = ab.recipe_for(cfg, row, 0, str(tmp_path / ab.slug(row.name)))
+        mix = mixture_of(recipe)
+        assert recipe.out.endswith(ab.slug(row.name)) and mix.seed == 0, row.name
+    small = next(r for r in cfg.rows if r.name == "32 px")
+    assert mixture_of(ab.recipe_for(cfg, small, 0, str(tmp_path))).decode.image_size == 32

@@ -122,10 +122,19 @@ class Run:
     seconds: float = 0.0
 
 
+def recipe_for(cfg: AblateConfig, row: Row, seed: int, out: str):
+    """The training recipe of one row and seed (its mixture overrides included), writing to `out`."""
+    from mmdata.mm1.train import load_recipe
+
+    recipe = load_recipe(cfg.train, [*cfg.train_overrides, *row.train, f"out={out}", f"train.seed={seed}",
+                                     "train.progress=false", "train.tensorboard=false"])
+    recipe.mixture_overrides = [*recipe.mixture_overrides, *cfg.mixture_overrides, *row.mixture, f"seed={seed}"]
+    return recipe
+
+
 def run_one(cfg: AblateConfig, row: Row, seed: int, echo) -> Run:
     from mmdata.eval.harness import Evaluator
     from mmdata.eval.models import MM1Model
-    from mmdata.mm1.train import load_recipe
     from mmdata.mm1.train import run as train
 
     out = fsio.join(cfg.out, "runs", slug(row.name), f"seed{seed}")
@@ -134,10 +143,7 @@ def run_one(cfg: AblateConfig, row: Row, seed: int, echo) -> Run:
         data = fsio.read_json(done)
         return Run(**data)
     t0 = time.perf_counter()
-    recipe = load_recipe(cfg.train, [*cfg.train_overrides, *row.train, f"out={out}", f"train.seed={seed}",
-                                     "train.progress=false", "train.tensorboard=false"])
-    recipe.mixture_overrides = [*recipe.mixture_overrides, *cfg.mixture_overrides, *row.mixture, f"seed={seed}"]
-    result = train(recipe, echo=lambda s: None)
+    result = train(recipe_for(cfg, row, seed, out), echo=lambda s: None)
     ev = load_eval(cfg, [f"out={fsio.join(out, 'eval')}", f"seed={seed}"])
     shots = sorted({0, 4, 8, cfg.vqa_shots})
     ev.shots = shots

@@ -102,8 +102,8 @@ def http_root(tmp_path_factory) -> HttpRoot:
 
 
 DEMO_PAIRS, DEMO_DOCS = 400, 40  # small enough to build in seconds, large enough for precision/recall
-# The training shards' corpus: the same documents (seed 0, DEMO_DOCS) and more pairs, ~1100 captions after
-# filter and dedup: from the ~280 of DEMO_PAIRS the tiny MM1 learns colours but not the shape words
+# The training shards' corpus: the same documents (seed 0, DEMO_DOCS) and more pairs, 888 captions after
+# filter, dedup and clipscore: from the ~280 of DEMO_PAIRS the tiny MM1 learns colours but not the shape words
 # (docs/trainer.md, "What the tiny model learns").
 TRAIN_PAIRS = 1600
 

@@ -127,7 +127,7 @@ def tiny_tower(recipe: str | os.PathLike, echo=print) -> str | None:
     from mmdata.mm1.train import load_recipe
 
     enc = load_recipe(recipe).model.encoder
-    return tv.ensure(enc.model, enc.pretrain, echo, name=f"encoder.model {enc.model}") if enc.pretrain else None
+    return tv.ensure(enc.model, enc.pretrain, echo) if enc.pretrain else None
 
 
 def where(pipe: config.Pipeline, echo=print) -> None:

@@ -20,7 +20,6 @@ Targets come from the corpus' known truth (`truth.parquet`), never from the nois
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -289,9 +288,10 @@ def train(corpus_dir: str | Path, captioner_dir: str | Path, fuser_dir: str | Pa
     hf_logging.disable_progress_bar()
     keep_freed_memory()
     if cfg.vision:  # the processor and the image tokens follow the pretrained tower's geometry
-        tower = json.loads((Path(cfg.vision) / "config.json").read_text())
-        tower = tower.get("vision_config", tower)
-        cfg = dataclasses.replace(cfg, image_size=tower["image_size"], patch_size=tower["patch_size"])
+        from transformers import CLIPVisionConfig
+
+        tower = CLIPVisionConfig.from_pretrained(cfg.vision)
+        cfg = dataclasses.replace(cfg, image_size=tower.image_size, patch_size=tower.patch_size)
     t0 = time.time()
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)

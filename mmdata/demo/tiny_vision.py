@@ -190,13 +190,12 @@ def built_with(out_dir: str | Path) -> dict | None:
         return None
 
 
-
-def ensure(out_dir: str | Path, cfg: VisionPretraining, echo=log.info, name: str | None = None) -> str:
-    """The tower in `out_dir`, pretrained first when it is missing, unfinished or built with another
-    recipe (never silently reused); `name` is how the message calls the folder."""
+def ensure(out_dir: str | Path, cfg: VisionPretraining, echo=log.info) -> str:
+    """The tower in `out_dir` (an `encoder.model` folder), pretrained first when it is missing,
+    unfinished or built with another recipe (never silently reused)."""
     was = built_with(out_dir)
     if was != cfg.model_dump():
         if was is not None or Path(out_dir).exists():
-            echo(f"{name or out_dir}: built with another pretrain recipe (or unfinished); building again")
+            echo(f"encoder.model {out_dir}: built with another pretrain recipe (or unfinished); building again")
         train(out_dir, cfg, echo)
     return str(out_dir)

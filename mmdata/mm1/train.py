@@ -224,7 +224,7 @@ def pretrain_encoder(recipe: TrainRecipe, d: dd.Dist, echo) -> None:
         from mmdata.demo import tiny_vision as tv
 
         # seeds torch itself; the run re-seeds right after
-        tv.ensure(ecfg.model, ecfg.pretrain, echo, name=f"encoder.model {ecfg.model}")
+        tv.ensure(ecfg.model, ecfg.pretrain, echo)
     d.barrier()
 
 

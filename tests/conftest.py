@@ -14,6 +14,7 @@ import functools
 import http.server
 import os
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,6 +107,20 @@ DEMO_PAIRS, DEMO_DOCS = 400, 40  # small enough to build in seconds, large enoug
 # filter, dedup and clipscore: from the ~280 of DEMO_PAIRS the tiny MM1 learns colours but not the shape words
 # (docs/trainer.md, "What the tiny model learns").
 TRAIN_PAIRS = 1600
+
+
+@contextmanager
+def one_thread():
+    """Torch on one thread while a tiny model trains: the two test processes share the two cores, and
+    tiny matrices gain nothing from a second thread that the other process needs."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def shared_once(tmp_path_factory, name: str, make) -> Path:
@@ -201,22 +216,49 @@ def demo_shards(tmp_path_factory, client) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory, demo_corpus) -> Path:
+    """A tiny CLIP trained once per session on `demo_corpus` through the function `mmdata demo` calls, with
+    fewer steps than the demo's (60: the pairs' AUC still holds)."""
+    from mmdata.demo.tiny_clip import TinyClipConfig, ensure_tiny_clip
+
+    def make(folder: Path) -> None:
+        with one_thread():
+            ensure_tiny_clip(demo_corpus, folder, TinyClipConfig(steps=60))
+
+    return shared_once(tmp_path_factory, "tiny-clip", make)
+
+
+@pytest.fixture(scope="session")
+def demo_clip(demo_shards) -> Path:
+    """The tiny CLIP `demo_shards` was scored with: `make demo`'s (300 steps on its corpus)."""
+    return Path(demo_shards).parent / "clip"
+
+
+@pytest.fixture(scope="session")
+def mm1_tokenizer(tmp_path_factory, demo_shards) -> str:
+    """The tiny MM1's BPE (pipelines/mm1-tiny.yaml `decoder.train_tokenizer`) trained once on `demo_shards`'
+    mixture through the trainer's own `tokenizer_for`: runs whose losses are compared share it."""
+    from mmdata.mm1 import dist, tiny, train
+
+    def make(folder: Path) -> None:
+        recipe = tiny.recipe(demo_shards, folder, ["train.progress=false"])
+        train.tokenizer_for(recipe, train.mixture_of(recipe), dist.Dist(), echo=lambda *_: None)
+
+    return str(shared_once(tmp_path_factory, "mm1-tokenizer", make) / "tokenizer")
+
+
+@pytest.fixture(scope="session")
 def tiny_vision(tmp_path_factory) -> str:
     """The tiny MM1's pretrained image encoder (pipelines/mm1-tiny.yaml `encoder.pretrain`, through
     `mmdata.demo.tiny_vision`), built once per session; pass `model.encoder.model=<it>` to tiny recipes."""
-    import torch
 
     from mmdata.demo import tiny_vision as tv
     from mmdata.mm1 import tiny
     from mmdata.mm1.train import load_recipe
 
     def make(folder: Path) -> None:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # as the recipe trains (train.threads)
-        try:
+        with one_thread():  # as the recipe trains it (train.threads)
             tv.train(folder, load_recipe(tiny.RECIPE).model.encoder.pretrain, echo=print)
-        finally:
-            torch.set_num_threads(threads)
 
     return str(shared_once(tmp_path_factory, "tiny-vision", make))
 
@@ -283,25 +325,17 @@ class TinyRecaption:
 
 
 @pytest.fixture(scope="session")
-def tiny_recaption(tmp_path_factory, demo_corpus, tiny_vision) -> TinyRecaption:
+def tiny_recaption(tmp_path_factory, demo_corpus, tiny_vision, tiny_clip) -> TinyRecaption:
     """The tiny LLaVA captioner (from the `tiny_vision` tower, as `make demo` builds it) and the tiny fusion
-    LM, and a tiny CLIP that scores their captions, trained once per session on `demo_corpus` through the
-    functions `mmdata demo` calls (fewer steps than the demo's)."""
-    from mmdata.demo.tiny_clip import TinyClipConfig, ensure_tiny_clip
+    LM trained once per session on `demo_corpus` through the functions `mmdata demo` calls (fewer steps
+    than the demo's), and `tiny_clip` to score their captions."""
     from mmdata.demo.tiny_recaption import TinyRecaptionConfig, ensure_tiny_recaption
 
     def make(folder: Path) -> None:
-        import torch
-
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # two test processes share the cores: more threads only spin
-        try:
-            ensure_tiny_clip(demo_corpus, folder / "clip", TinyClipConfig(steps=60))
+        with one_thread():
             ensure_tiny_recaption(demo_corpus, folder / "captioner", folder / "fuser",
                                   TinyRecaptionConfig(captioner_steps=300, fuser_steps=60, rendered=600, vision=tiny_vision),
                                   echo=print)
-        finally:
-            torch.set_num_threads(threads)
 
     root = shared_once(tmp_path_factory, "tiny-recaption", make)
-    return TinyRecaption(root / "clip", root / "captioner", root / "fuser")
+    return TinyRecaption(tiny_clip, root / "captioner", root / "fuser")

@@ -42,20 +42,6 @@ def cli(*args: str, **kw) -> subprocess.CompletedProcess:
 # fixtures
 
 
-@pytest.fixture(scope="module")
-def tiny_clip(demo_corpus, tmp_path_factory) -> Path:
-    """Trained through the function `mmdata demo` calls; fewer steps than the demo's, AUC still holds."""
-    from mmdata.demo.tiny_clip import TinyClipConfig, ensure_tiny_clip
-
-    out = tmp_path_factory.mktemp("models") / "tiny-clip"
-    assert ensure_tiny_clip(demo_corpus, out, TinyClipConfig(steps=60)) == str(out)
-    assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
-    stamp = (out / "model.safetensors").stat().st_mtime_ns
-    ensure_tiny_clip(demo_corpus, out)  # already there: not trained again
-    assert (out / "model.safetensors").stat().st_mtime_ns == stamp
-    return out
-
-
 def recipe(workdir: Path, downloaded: Pipeline, model: Path, **options) -> Pipeline:
     return Pipeline(workdir=str(workdir), engine={"progress": False}, download=downloaded.download,
                     clipscore={"model": str(model), "batch_size": 32, "decode_threads": 2, **options})
@@ -180,6 +166,15 @@ def _siglip(tmp: Path, tokenizer) -> Path:
     SiglipImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     return tmp
+
+
+def test_the_tiny_clip_is_trained_once_and_then_reused(tiny_clip, demo_corpus):
+    from mmdata.demo.tiny_clip import ensure_tiny_clip
+
+    assert (tiny_clip / "config.json").is_file() and (tiny_clip / "model.safetensors").is_file()
+    stamp = (tiny_clip / "model.safetensors").stat().st_mtime_ns
+    assert ensure_tiny_clip(demo_corpus, tiny_clip) == str(tiny_clip)  # already there: not trained again
+    assert (tiny_clip / "model.safetensors").stat().st_mtime_ns == stamp
 
 
 def test_score_is_the_models_own_cosine_for_clip_and_siglip(tiny_clip, tmp_path):

@@ -14,7 +14,6 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import shared_once
 from PIL import Image
 
 from mmdata import fsio, samples
@@ -24,19 +23,8 @@ from mmdata.stages import clipscore, interleaved, training_shards
 from mmdata.stages import clipscore_docs as docs
 
 THRESHOLD = 0.55  # on the tiny demo CLIP's scale (MMC4: 0.15 with ViT-L/14)
-# the tiny CLIP trains for 300 steps in the first test's set-up: about a minute of CPU
+# the tiny CLIP is make demo's, the one the session's training shards were scored with (conftest.demo_clip)
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
-
-
-@pytest.fixture(scope="module")
-def tiny_clip(demo_corpus, tmp_path_factory):
-    from mmdata.demo.tiny_clip import TinyClipConfig, ensure_tiny_clip
-
-    return shared_once(tmp_path_factory, "tiny-clip-docs",
-                       lambda out: ensure_tiny_clip(demo_corpus, out, TinyClipConfig(steps=STEPS)))
-
-
-STEPS = 300
 
 
 def _pipe(workdir, corpus, srv, model, **documents) -> Pipeline:
@@ -50,9 +38,9 @@ def _pipe(workdir, corpus, srv, model, **documents) -> Pipeline:
 
 
 @pytest.fixture(scope="module")
-def scored(demo_corpus, demo_server, tiny_clip, client, tmp_path_factory):
+def scored(demo_corpus, demo_server, demo_clip, client, tmp_path_factory):
     work = tmp_path_factory.mktemp("docs-clip")
-    pipe = _pipe(work, demo_corpus, demo_server, tiny_clip)
+    pipe = _pipe(work, demo_corpus, demo_server, demo_clip)
     assert interleaved.run(pipe, client=client).ok
     report = clipscore.run(pipe, client=client)
     assert report.ok, report.summary()
@@ -96,9 +84,12 @@ def test_threshold_drops_planted_images_and_keeps_related_ones(scored, demo_corp
     out = pipe.stage_dir("clipscore_docs")
     side = pd.concat([fsio.read_parquet(f) for f in fsio.expand(f"{out}/0*.parquet")]).set_index("key")
     counts = {"planted": [0, 0], "related": [0, 0], "gallery": [0, 0]}  # [dropped, total]
+    scores = {"planted": [], "related": []}
     for key, doc in _documents(pipe.stage_dir("interleaved")).items():
         t = truth[doc["json"]["url"]]
         gone = {int(i) for i in side.loc[key, "drop_images"]}
+        score = dict(zip(map(int, side.loc[key, "image_index"]), side.loc[key, "image_score"]))
+        assert gone == {i for i, x in score.items() if x < THRESHOLD}  # the decision is the threshold, nothing else
         for s in doc["json"]["slots"]:
             if s["type"] != "image":
                 continue
@@ -106,14 +97,20 @@ def test_threshold_drops_planted_images_and_keeps_related_ones(scored, demo_corp
             for kind in kinds:
                 counts[kind][0] += s["index"] in gone
                 counts[kind][1] += 1
+                scores.get(kind, []).append(score[s["index"]])
     removed = counts["planted"][0] / counts["planted"][1]
     kept = 1 - counts["related"][0] / counts["related"][1]
+    # threshold-free: how often a related image outscores a planted one (AUC; 0.5 = no better than chance)
+    auc = float(np.mean([[r > p for p in scores["planted"]] for r in scores["related"]]))
     print(f"\nthreshold {THRESHOLD}: {counts['planted'][0]} of {counts['planted'][1]} planted unrelated images "
           f"dropped ({removed:.0%}), {counts['related'][1] - counts['related'][0]} of {counts['related'][1]} related "
-          f"images kept ({kept:.0%}); gallery images (named, not described) dropped: {counts['gallery'][0]} of "
-          f"{counts['gallery'][1]}")
+          f"images kept ({kept:.0%}); related above planted: AUC {auc:.2f}; gallery images (named, not described) "
+          f"dropped: {counts['gallery'][0]} of {counts['gallery'][1]}")
     assert counts["planted"][1] >= 8 and counts["related"][1] >= 10
-    assert removed >= 0.6 and kept >= 0.75
+    assert auc >= 0.85
+    # a fixed threshold on a tiny CLIP trained on this machine: scores move by a few hundredths between CPUs
+    # (measured: 75-92% of the planted images dropped, 71-94% of the related ones kept)
+    assert removed >= 0.6 and kept >= 0.65
     d = report.step  # pairs: false, so the documents' report is the stage's
     assert d["threshold"] == THRESHOLD and d["images_dropped"] == int(side["drop_images"].map(len).sum())
     assert d["dropped"] == {k: int(v) for k, v in side["drop_reason"].value_counts().items()}

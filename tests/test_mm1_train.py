@@ -25,8 +25,12 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_TH
 QUIET = ["train.progress=false", "train.threads=1", "data.num_workers=1"]
 SMALL = [*QUIET, "data.seq_len=128"]
 SMALL_MIX = ["global_batch=8"]
-# the session's demo shards and tiny MM1 are made by the first test that needs them (about 2 minutes on a
-# quiet 2-core machine: download, filter, dedup, interleaved, text, shards, 300 training steps)
+# the mechanics tests (resume, S3, distributed) need no pretrained tower: a random one of its shape, so they run
+# while the session's tower is still being pretrained
+RANDOM_TOWER = ["model.encoder.model=null", "model.encoder.pretrain=null",
+                ("model.encoder.config={model_type: clip_vision_model, image_size: 64, patch_size: 8, hidden_size: 64, "
+                "intermediate_size: 256, num_hidden_layers: 2, num_attention_heads: 2}")]
+# the session's demo shards, tower and tiny MM1 are made by the first test that needs them (conftest.py)
 pytestmark = pytest.mark.timeout(1800)
 
 
@@ -39,62 +43,12 @@ def losses(log: str) -> list[tuple[int, float, int, int]]:
     return [(r["step"], r["loss"], r["epoch"], r["batch"]) for r in read_log(log)]
 
 
-# -- learning
-
-
-def test_tiny_mm1_learns_to_caption_held_out_demo_images(mm1_tiny):
-    log = read_log(mm1_tiny.log)
-    assert [r["step"] for r in log] == list(range(1, len(log) + 1)) and len(log) >= 200
-    first = sum(r["loss"] for r in log[:10]) / 10
-    last = sum(r["loss"] for r in log[-10:]) / 10
-    assert last < 0.5 * first, (first, last)
-    assert all(0 <= r["data_share"] <= 1 and r["tokens_per_s"] > 0 and r["images"] > 0 for r in log)
-    assert log[0]["lr"]["decoder"] < log[30]["lr"]["decoder"]  # warm-up, then cosine decay
-    assert log[-1]["lr"]["decoder"] == pytest.approx(0.1 * 0.002, rel=0.05)
-    assert log[-1]["lr"]["connector"] == pytest.approx(0.1 * 0.005, rel=0.05)  # its own rate
-
-    model = MM1.from_pretrained(mm1_tiny.model)
-    probe = caption_probe(model, n=96, seed=1)
-    print(probe.line(), probe.examples)
-    # chance is 1/8 for each (P(>= 48 of 96) < 1e-18, P(>= 27 of 96) < 3e-5): the model sees what it
-    # describes. Shapes are harder than colours for the tiny pretrained ViT (docs/trainer.md, "What the
-    # tiny model learns"), so their bar is lower.
-    assert probe.colour >= 0.5 and probe.background >= 0.5, probe.line()
-    assert probe.shape >= 0.28, probe.line()
-
-
-def test_the_evaluation_scores_what_the_trainer_trained(mm1_tiny):
-    """`mmdata.eval`'s wrapper over the exported model: a continuation's log-probability is exactly
-    minus the trainer's loss on the same tokens, and its captions are the model's own."""
-    from mmdata.eval.models import MM1Model
-    from mmdata.mm1.pack import IGNORE
-    from mmdata.mm1.probe import images
-
-    ev = MM1Model.load(mm1_tiny.model)
-    model = ev.model
-    (_, img), (_, other) = images(2, seed=7)
-    said = ev.generate([[img], [other]], max_new_tokens=12)
-    assert said == model.generate([[img], [other]], max_new_tokens=12) and all(said)
-    text = "one red circle on a plain blue background"
-    score = ev.score([[img]], [text])[0]
-
-    enc = model.codec.encode([0, text], eos=False)  # how training encodes a pair: BOS, image run, caption
-    ids = torch.tensor([enc.ids])
-    tgt = torch.tensor([[enc.ids[i + 1] if enc.supervised[i + 1] else IGNORE for i in range(len(enc.ids) - 1)]
-                        + [IGNORE]])
-    with torch.no_grad():
-        out = model(ids, torch.arange(ids.shape[1]).unsqueeze(0), tgt, model.prepare_image(img).unsqueeze(0))
-    assert int(out["targets"]) == len(model.codec.text(text)) > 0
-    assert score == pytest.approx(-float(out["loss_sum"]), rel=1e-4)
-
-
 # -- resume
 
 
-def test_sigkill_resume_continues_exactly_and_refuses_other_settings(demo_shards, mm1_tiny, tiny_vision, tmp_path):
-    tokenizer = f"{mm1_tiny.out}/tokenizer"  # one tokenizer for every run compared here
+def test_sigkill_resume_continues_exactly_and_refuses_other_settings(demo_shards, mm1_tokenizer, tmp_path):
     over = [*SMALL, "train.steps=8", "train.checkpoint_every=2", "train.keep=2", "model.decoder.train_tokenizer=null",
-            f"model.decoder.tokenizer={tokenizer}", f"model.encoder.model={tiny_vision}"]
+            f"model.decoder.tokenizer={mm1_tokenizer}", *RANDOM_TOWER]  # one tokenizer for every run compared here
     ref = train.run(tiny.recipe(demo_shards, tmp_path / "ref", over, SMALL_MIX), echo=lambda *_: None)
 
     cfg = write_recipe(tmp_path / "run.yaml", tiny.recipe(demo_shards, tmp_path / "run", over, SMALL_MIX))
@@ -142,11 +96,11 @@ def test_sigkill_resume_continues_exactly_and_refuses_other_settings(demo_shards
     assert "num_workers" not in line
 
 
-def test_a_run_on_s3_checkpoints_resumes_and_exports(demo_shards, mm1_tiny, tiny_vision, s3):
+def test_a_run_on_s3_checkpoints_resumes_and_exports(demo_shards, mm1_tokenizer, s3):
     import fsspec
 
     over = [*SMALL, "train.steps=2", "train.checkpoint_every=1", "train.keep=1", "model.decoder.train_tokenizer=null",
-            f"model.decoder.tokenizer={mm1_tiny.out}/tokenizer", f"model.encoder.model={tiny_vision}"]
+            f"model.decoder.tokenizer={mm1_tokenizer}", *RANDOM_TOWER]
     recipe = tiny.recipe(demo_shards, "s3://mmdata-test/mm1-run", over, SMALL_MIX)
     first = train.run(recipe, echo=lambda *_: None)
     fs = fsspec.filesystem("s3", skip_instance_cache=True)
@@ -162,12 +116,12 @@ def test_a_run_on_s3_checkpoints_resumes_and_exports(demo_shards, mm1_tiny, tiny
     assert len(model.generate([["one red circle"]], max_new_tokens=3)) == 1
 
 
-def test_a_pretrained_encoder_is_reused_only_with_its_own_recipe(demo_shards, mm1_tiny, tmp_path):
+def test_a_pretrained_encoder_is_reused_only_with_its_own_recipe(demo_shards, mm1_tokenizer, tmp_path):
     """`encoder.pretrain` builds the folder once; a changed recipe in YAML builds it again, never reuses it."""
     from mmdata.demo import tiny_vision as tv
 
     folder = tmp_path / "tower"
-    base = [*SMALL, "train.steps=1", "model.decoder.train_tokenizer=null", f"model.decoder.tokenizer={mm1_tiny.out}/tokenizer",
+    base = [*SMALL, "train.steps=1", "model.decoder.train_tokenizer=null", f"model.decoder.tokenizer={mm1_tokenizer}",
             f"model.encoder.model={folder}", "model.encoder.pretrain.images=64"]
 
     def run(name: str, steps: int) -> list[str]:
@@ -191,10 +145,10 @@ def test_a_pretrained_encoder_is_reused_only_with_its_own_recipe(demo_shards, mm
 
 
 @pytest.fixture(scope="module")
-def one_process(demo_shards, mm1_tiny, tiny_vision, tmp_path_factory):
+def one_process(demo_shards, mm1_tokenizer, tmp_path_factory):
     """3 steps of 1 process reading both data ranks of a 2-rank stream (the doubled batch)."""
     over = [*SMALL, "train.steps=3", "data.data_ranks=2", "model.decoder.train_tokenizer=null",
-            f"model.decoder.tokenizer={mm1_tiny.out}/tokenizer", f"model.encoder.model={tiny_vision}"]
+            f"model.decoder.tokenizer={mm1_tokenizer}", *RANDOM_TOWER]
     out = tmp_path_factory.mktemp("one")
     return over, train.run(tiny.recipe(demo_shards, out / "run", over, SMALL_MIX), echo=lambda *_: None)
 
@@ -248,3 +202,52 @@ def test_the_gpu_benchmark_path_runs_on_cpu_at_toy_size(tmp_path):
     assert max(r["images"] / r["sequences"] for r in log) > 1  # several images share a packed sequence
     s = bench.summarise(res.log, skip=0)
     assert s["tokens_per_s"] > 0 and 0 <= s["data_share"] <= 1
+
+
+# -- learning (last in the file: the mechanics above run while the session pretrains the tower these need)
+
+
+def test_tiny_mm1_learns_to_caption_held_out_demo_images(mm1_tiny):
+    log = read_log(mm1_tiny.log)
+    assert [r["step"] for r in log] == list(range(1, len(log) + 1)) and len(log) >= 200
+    first = sum(r["loss"] for r in log[:10]) / 10
+    last = sum(r["loss"] for r in log[-10:]) / 10
+    assert last < 0.5 * first, (first, last)
+    assert all(0 <= r["data_share"] <= 1 and r["tokens_per_s"] > 0 and r["images"] > 0 for r in log)
+    assert log[0]["lr"]["decoder"] < log[30]["lr"]["decoder"]  # warm-up, then cosine decay
+    assert log[-1]["lr"]["decoder"] == pytest.approx(0.1 * 0.002, rel=0.05)
+    assert log[-1]["lr"]["connector"] == pytest.approx(0.1 * 0.005, rel=0.05)  # its own rate
+
+    model = MM1.from_pretrained(mm1_tiny.model)
+    probe = caption_probe(model, n=96, seed=1)
+    print(probe.line(), probe.examples)
+    # chance is 1/8 for each (P(>= 48 of 96) < 1e-18, P(>= 27 of 96) < 3e-5): the model sees what it
+    # describes. Shapes are harder than colours for the tiny pretrained ViT (docs/trainer.md, "What the
+    # tiny model learns"), so their bar is lower.
+    assert probe.colour >= 0.5 and probe.background >= 0.5, probe.line()
+    assert probe.shape >= 0.28, probe.line()
+
+
+def test_the_evaluation_scores_what_the_trainer_trained(mm1_tiny):
+    """`mmdata.eval`'s wrapper over the exported model: a continuation's log-probability is exactly
+    minus the trainer's loss on the same tokens, and its captions are the model's own."""
+    from mmdata.eval.models import MM1Model
+    from mmdata.mm1.pack import IGNORE
+    from mmdata.mm1.probe import images
+
+    ev = MM1Model.load(mm1_tiny.model)
+    model = ev.model
+    (_, img), (_, other) = images(2, seed=7)
+    said = ev.generate([[img], [other]], max_new_tokens=12)
+    assert said == model.generate([[img], [other]], max_new_tokens=12) and all(said)
+    text = "one red circle on a plain blue background"
+    score = ev.score([[img]], [text])[0]
+
+    enc = model.codec.encode([0, text], eos=False)  # how training encodes a pair: BOS, image run, caption
+    ids = torch.tensor([enc.ids])
+    tgt = torch.tensor([[enc.ids[i + 1] if enc.supervised[i + 1] else IGNORE for i in range(len(enc.ids) - 1)]
+                        + [IGNORE]])
+    with torch.no_grad():
+        out = model(ids, torch.arange(ids.shape[1]).unsqueeze(0), tgt, model.prepare_image(img).unsqueeze(0))
+    assert int(out["targets"]) == len(model.codec.text(text)) > 0
+    assert score == pytest.approx(-float(out["loss_sum"]), rel=1e-4)

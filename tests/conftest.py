@@ -126,10 +126,14 @@ def one_thread():
 def shared_once(tmp_path_factory, name: str, make) -> Path:
     """A folder built once per test session and shared by the xdist workers (deterministic
     builds only): the first worker builds it under a file lock, the others reuse it."""
+    base = tmp_path_factory.getbasetemp()
+    return built_once(base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base, name, make)
+
+
+def built_once(base: Path, name: str, make) -> Path:
+    """`base/name`, made by `make(folder)` under `base/name.lock` unless `base/name.done` says it is there."""
     from filelock import FileLock
 
-    base = tmp_path_factory.getbasetemp()
-    base = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
     folder, done = base / name, base / f"{name}.done"
     with FileLock(str(base / f"{name}.lock")):
         if not done.exists():
@@ -247,20 +251,45 @@ def mm1_tokenizer(tmp_path_factory, demo_shards) -> str:
     return str(shared_once(tmp_path_factory, "mm1-tokenizer", make) / "tokenizer")
 
 
-@pytest.fixture(scope="session")
-def tiny_vision(tmp_path_factory) -> str:
-    """The tiny MM1's pretrained image encoder (pipelines/mm1-tiny.yaml `encoder.pretrain`, through
-    `mmdata.demo.tiny_vision`), built once per session; pass `model.encoder.model=<it>` to tiny recipes."""
-
+def build_tower(folder: Path) -> None:
+    """pipelines/mm1-tiny.yaml's `encoder.pretrain` into `folder`, on one thread as the recipe trains it."""
     from mmdata.demo import tiny_vision as tv
     from mmdata.mm1 import tiny
     from mmdata.mm1.train import load_recipe
 
-    def make(folder: Path) -> None:
-        with one_thread():  # as the recipe trains it (train.threads)
-            tv.train(folder, load_recipe(tiny.RECIPE).model.encoder.pretrain, echo=print)
+    with one_thread():
+        tv.train(folder, load_recipe(tiny.RECIPE).model.encoder.pretrain, echo=print)
 
-    return str(shared_once(tmp_path_factory, "tiny-vision", make))
+
+@pytest.fixture(scope="session")
+def tiny_vision(tmp_path_factory) -> str:
+    """The tiny MM1's pretrained image encoder (pipelines/mm1-tiny.yaml `encoder.pretrain`, through
+    `mmdata.demo.tiny_vision`), built once per session; pass `model.encoder.model=<it>` to tiny recipes."""
+    return str(shared_once(tmp_path_factory, "tiny-vision", build_tower))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _tower_first(request, tmp_path_factory):
+    """The pretrained tower is the longest single set-up (2-4 CPU minutes, one thread) and three model
+    fixtures wait on it: when this session runs a test that needs it, its build starts at once, in a
+    process of its own beside the test workers (under the same lock `tiny_vision` takes: whoever comes
+    first builds it, the other waits for it)."""
+    import subprocess
+    import sys
+
+    if os.environ.get("PYTEST_XDIST_WORKER", "gw0") != "gw0" or not any(
+            "tiny_vision" in getattr(item, "fixturenames", ()) for item in request.session.items):
+        yield
+        return
+    base = tmp_path_factory.getbasetemp()
+    base = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    code = (f"import sys; from pathlib import Path; sys.path.insert(0, {str(Path(__file__).parent)!r}); import conftest; "
+            f"conftest.built_once(Path({str(base)!r}), 'tiny-vision', conftest.build_tower)")
+    with open(base / "tiny-vision.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=log, stderr=subprocess.STDOUT)
+    yield
+    proc.kill()  # finished long ago in a full run; a run cut short leaves no orphan (and no .done)
+    proc.wait()
 
 
 MM1_TINY_STEPS = 900

@@ -137,7 +137,7 @@ def test_a_pretrained_encoder_is_reused_only_with_its_own_recipe(demo_shards, mm
     assert not any("building again" in line for line in said)
     assert (folder / "model.safetensors").stat().st_mtime_ns == weights
     said = run("c", 3)  # the YAML changed: built again, and said so
-    assert any(line.startswith(f"encoder.model {folder}: built with another pretrain recipe") for line in said), said
+    assert any(line.startswith(f"encoder.model {folder}: built with another recipe") for line in said), said
     assert tv.built_with(folder)["steps"] == 3
 
 

@@ -18,12 +18,13 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from mmdata.demo import built
 from mmdata.images import open_rgb
 from mmdata.memory import keep_freed_memory
 from mmdata.models.clip import Preprocess
@@ -173,7 +174,14 @@ def train(corpus_dir: str | Path, out_dir: str | Path, cfg: TinyClipConfig = Tin
         bar.close()
         echo(f"tiny-clip: {cfg.steps} steps, loss {out.loss.item():.3f} ({time.time() - t0:.0f}s)")
     model.eval()
-    return save(model, processor, tokenizer, out_dir)
+    return built.save(out_dir, (model, processor, tokenizer), recipe(corpus_dir, cfg),
+                      {"loss": round(out.loss.item(), 4), "seconds": round(time.time() - t0, 1)})
+
+
+def recipe(corpus_dir: str | Path, cfg: TinyClipConfig, untrained: bool = False) -> dict:
+    """What the weights depend on (built.json's recipe): the settings but the progress bar, the corpus."""
+    return {"model": "tiny-clip" + "-untrained" * untrained, **{k: v for k, v in asdict(cfg).items() if k != "progress"},
+            "corpus": built.corpus_id(corpus_dir)}
 
 
 def _image_processor():
@@ -182,27 +190,6 @@ def _image_processor():
     except ImportError:
         from transformers import CLIPImageProcessor as cls
     return cls
-
-
-def save(model, processor, tokenizer, out_dir: str | Path) -> Path:
-    """save_pretrained into a temp folder beside `out_dir`, then rename: a reader never sees half a model."""
-    import shutil
-    import uuid
-
-    out = Path(out_dir)
-    tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.tmp"
-    tmp.mkdir(parents=True)
-    try:
-        model.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
 
 
 def untrained(corpus_dir: str | Path, out_dir: str | Path, cfg: TinyClipConfig = TinyClipConfig()) -> Path:
@@ -217,16 +204,15 @@ def untrained(corpus_dir: str | Path, out_dir: str | Path, cfg: TinyClipConfig =
                                    crop_size={"height": cfg.image_size, "width": cfg.image_size})
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, len(tokenizer)).eval()
-    return save(model, processor, tokenizer, out_dir)
+    return built.save(out_dir, (model, processor, tokenizer), recipe(corpus_dir, cfg, untrained=True))
 
 
 def ensure_tiny_clip(corpus_dir: str | Path, out_dir: str | Path, cfg: TinyClipConfig = TinyClipConfig(),
                      echo=log.info) -> str:
-    """The tiny CLIP at `out_dir`, trained on `corpus_dir` first if it is not there yet."""
-    out = Path(out_dir)
-    if (out / "config.json").is_file():
-        return str(out)
-    return str(train(corpus_dir, out, cfg, echo))
+    """The tiny CLIP at `out_dir`, trained on `corpus_dir` first unless it is there, built from this
+    corpus with these settings (`mmdata.demo.built`)."""
+    built.ensure([out_dir], recipe(corpus_dir, cfg), lambda: train(corpus_dir, out_dir, cfg, echo), "tiny CLIP", echo)
+    return str(out_dir)
 
 
 def steps_bar(name: str, total: int, progress: bool):

@@ -24,12 +24,13 @@ import logging
 import math
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from mmdata.demo import built
 from mmdata.memory import keep_freed_memory
 
 log = logging.getLogger(__name__)
@@ -287,6 +288,7 @@ def train(corpus_dir: str | Path, captioner_dir: str | Path, fuser_dir: str | Pa
 
     hf_logging.disable_progress_bar()
     keep_freed_memory()
+    stamp = recipe(corpus_dir, cfg)
     if cfg.vision:  # the processor and the image tokens follow the pretrained tower's geometry
         from transformers import CLIPVisionConfig
 
@@ -315,13 +317,13 @@ def train(corpus_dir: str | Path, captioner_dir: str | Path, fuser_dir: str | Pa
         torch.set_num_threads(cfg.threads)
     try:
         return _train(cfg, corpus_dir, truth, captioner_dir, fuser_dir, echo, t0, rng, tokenizer, concepts,
-                      descriptions, f_alt, f_desc, f_target, fuse_cfg)
+                      descriptions, f_alt, f_desc, f_target, fuse_cfg, stamp)
     finally:
         torch.set_num_threads(threads)
 
 
 def _train(cfg, corpus_dir, truth, captioner_dir, fuser_dir, echo, t0, rng, tokenizer, concepts, descriptions, f_alt, f_desc,
-           f_target, fuse_cfg):
+           f_target, fuse_cfg, stamp):
     from concurrent.futures import ThreadPoolExecutor
 
     import torch
@@ -373,7 +375,7 @@ def _train(cfg, corpus_dir, truth, captioner_dir, fuser_dir, echo, t0, rng, toke
             said += tokenizer.batch_decode(out[:, len(prompt_ids) :], skip_special_tokens=True)
     right = accuracy(said, [concepts[i] for i in held])
     echo("tiny-captioner: on held-out images, right " + ", ".join(f"{k} {v:.0%}" for k, v in right.items()))
-    captioner_dir = save(captioner, processor, captioner_dir)
+    captioner_dir = built.save(captioner_dir, (captioner, processor), stamp, {"held_out": right})
     del captioner
     if fuser_dir is None:
         return captioner_dir, None
@@ -392,37 +394,22 @@ def _train(cfg, corpus_dir, truth, captioner_dir, fuser_dir, echo, t0, rng, toke
                 "labels": f_labels[idx, :width]}
 
     _fit(fuser, cfg.fuser_steps, cfg.lr, fuse_batch, echo, "tiny-fuser", t0, cfg.progress)
-    return captioner_dir, save(fuser, tokenizer, fuser_dir)
+    return captioner_dir, built.save(fuser_dir, (fuser, tokenizer), stamp)
 
 
-def save(model, processor, out_dir: str | Path, extra: dict[str, str] | None = None) -> Path:
-    """save_pretrained (and the `extra` files: name -> text) into a temp folder beside `out_dir`, then
-    rename: a reader never sees half a model."""
-    import shutil
-    import uuid
-
-    out = Path(out_dir)
-    tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.tmp"
-    tmp.mkdir(parents=True)
-    try:
-        model.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-        for name, text in (extra or {}).items():
-            (tmp / name).write_text(text)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+def recipe(corpus_dir: str | Path, cfg: TinyRecaptionConfig) -> dict:
+    """What the weights depend on (built.json's recipe): the settings but the pace knobs, the corpus, and
+    the tower it starts from (that tower's own recipe: the same folder rebuilt otherwise is another tower)."""
+    got = {k: v for k, v in asdict(cfg).items() if k not in ("progress", "threads")}
+    if cfg.vision:
+        got["vision"] = built.recipe_of(cfg.vision) or str(Path(cfg.vision).resolve())
+    return {"model": "tiny-recaption", **got, "corpus": built.corpus_id(corpus_dir)}
 
 
 def ensure_tiny_recaption(corpus_dir: str | Path, captioner_dir: str | Path, fuser_dir: str | Path | None = None,
                           cfg: TinyRecaptionConfig = TinyRecaptionConfig(), echo=log.info) -> tuple[str, str | None]:
-    """The tiny captioner (and fusion LM) at those folders, trained on `corpus_dir` first if missing."""
-    cap = Path(captioner_dir)
-    fus = Path(fuser_dir) if fuser_dir else None
-    if not ((cap / "config.json").is_file() and (fus is None or (fus / "config.json").is_file())):
-        train(corpus_dir, cap, fus, cfg, echo)
-    return str(cap), (str(fus) if fus else None)
+    """The tiny captioner (and fusion LM) at those folders, trained on `corpus_dir` first unless they are
+    there, built from this corpus, these settings and this tower (`mmdata.demo.built`)."""
+    built.ensure([captioner_dir, fuser_dir], recipe(corpus_dir, cfg),
+                 lambda: train(corpus_dir, captioner_dir, fuser_dir, cfg, echo), "tiny captioner", echo)
+    return str(captioner_dir), (str(fuser_dir) if fuser_dir else None)

@@ -19,13 +19,13 @@ learns"), so the class token's colour, background and count losses are weighted 
 shapes, eight times the pictures).
 
 A share of the scenes is easy (one shape on a plain background, no sign), a curriculum that gets
-the shape features started. The held-out accuracy per attribute is echoed and kept in
-`pretraining.json` beside the weights.
+the shape features started. The held-out accuracy per attribute is echoed and kept, with the
+recipe, in `built.json` beside the weights (`mmdata.demo.built`: a folder built with another recipe
+is built again).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mmdata.demo import built
 from mmdata.memory import keep_freed_memory
 from mmdata.mm1.config import VisionPretraining
 
@@ -111,13 +112,12 @@ _SIZES = (8, 8, 8, 3)  # shapes, colours, background colours, counts
 
 
 def train(out_dir: str | Path, cfg: VisionPretraining, echo=log.info) -> Path:
-    """Pretrain and save_pretrained into `out_dir` (tower + image processor + pretraining.json)."""
+    """Pretrain and save_pretrained into `out_dir` (tower + image processor + built.json)."""
     import torch
     from torch import nn
     from torch.nn import functional as F
     from transformers.utils import logging as hf_logging
 
-    from mmdata.demo.tiny_recaption import save
     from mmdata.models.clip import Preprocess
 
     hf_logging.disable_progress_bar()
@@ -174,28 +174,23 @@ def train(out_dir: str | Path, cfg: VisionPretraining, echo=log.info) -> Path:
                  + ", ".join(f"{k} {v:.0%}" for k, v in right.items())
                  + f" ({time.process_time() - c0:.0f} CPU s)")
     tower.eval()
-    info = {"recipe": cfg.model_dump(), "held_out_images": len(hy), "final": curve[-1], "curve": curve,
+    info = {"held_out_images": len(hy), "final": curve[-1], "curve": curve,
             "cpu_seconds": round(time.process_time() - c0, 1)}
-    return save(tower, processor, out_dir, extra={INFO: json.dumps(info, indent=1)})
+    return built.save(out_dir, (tower, processor), recipe(cfg), info)
 
 
-INFO = "pretraining.json"  # written with the weights, so it marks a finished build and names its recipe
+def recipe(cfg: VisionPretraining) -> dict:
+    return {"model": "tiny-vision", **cfg.model_dump()}
 
 
 def built_with(out_dir: str | Path) -> dict | None:
-    """The recipe the tower in `out_dir` was pretrained with, or None when there is none."""
-    try:
-        return json.loads((Path(out_dir) / INFO).read_text())["recipe"]
-    except (OSError, ValueError, KeyError):
-        return None
+    """The pretrain recipe the tower in `out_dir` was built with, or None when there is none."""
+    got = built.recipe_of(out_dir)
+    return {k: v for k, v in got.items() if k != "model"} if got else None
 
 
 def ensure(out_dir: str | Path, cfg: VisionPretraining, echo=log.info) -> str:
     """The tower in `out_dir` (an `encoder.model` folder), pretrained first when it is missing,
     unfinished or built with another recipe (never silently reused)."""
-    was = built_with(out_dir)
-    if was != cfg.model_dump():
-        if was is not None or Path(out_dir).exists():
-            echo(f"encoder.model {out_dir}: built with another pretrain recipe (or unfinished); building again")
-        train(out_dir, cfg, echo)
+    built.ensure([out_dir], recipe(cfg), lambda: train(out_dir, cfg, echo), "encoder.model", echo)
     return str(out_dir)

@@ -126,8 +126,13 @@ def one_thread():
 def shared_once(tmp_path_factory, name: str, make) -> Path:
     """A folder built once per test session and shared by the xdist workers (deterministic
     builds only): the first worker builds it under a file lock, the others reuse it."""
+    return built_once(shared_base(tmp_path_factory), name, make)
+
+
+def shared_base(tmp_path_factory) -> Path:
+    """The session's temp folder every xdist worker sees (theirs are its subfolders)."""
     base = tmp_path_factory.getbasetemp()
-    return built_once(base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base, name, make)
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
 def built_once(base: Path, name: str, make) -> Path:
@@ -281,8 +286,7 @@ def _tower_first(request, tmp_path_factory):
             "tiny_vision" in getattr(item, "fixturenames", ()) for item in request.session.items):
         yield
         return
-    base = tmp_path_factory.getbasetemp()
-    base = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    base = shared_base(tmp_path_factory)
     code = (f"import sys; from pathlib import Path; sys.path.insert(0, {str(Path(__file__).parent)!r}); import conftest; "
             f"conftest.built_once(Path({str(base)!r}), 'tiny-vision', conftest.build_tower)")
     with open(base / "tiny-vision.log", "w") as log:

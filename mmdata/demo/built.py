@@ -56,16 +56,15 @@ def recipe_of(folder: str | Path) -> dict | None:
     return (read(folder) or {}).get("recipe")
 
 
-def ensure(folders: list[str | Path | None], recipe: dict, build: Callable[[], object], name: str, echo) -> bool:
-    """Run `build` unless every folder (None: not asked for) holds a build of `recipe`; True if it ran."""
+def ensure(folders: list[str | Path | None], recipe: dict, build: Callable[[], object], name: str, echo) -> None:
+    """Run `build` unless every folder (None: not asked for) holds a build of `recipe`."""
     folders = [Path(f) for f in folders if f is not None]
     want = _plain(recipe)
     if all(recipe_of(f) == want for f in folders):
-        return False
+        return
     if any(f.exists() for f in folders):
         echo(f"{name} {folders[0]}: built with another recipe (or unfinished); building again")
     build()
-    return True
 
 
 def corpus_id(corpus_dir: str | Path) -> str:

@@ -96,3 +96,40 @@ def test_every_row_of_the_recipe_loads(tmp_path):
         assert recipe.out.endswith(ab.slug(row.name)) and mix.seed == 0, row.name
     small = next(r for r in cfg.rows if r.name == "32 px")
     assert mixture_of(ab.recipe_for(cfg, small, 0, str(tmp_path))).decode.image_size == 32
+
+
+def test_runs_train_in_parallel_and_resume(tmp_path, monkeypatch, demo_shards, demo_corpus, tiny_vision):
+    """`jobs: 2` trains two runs at once in spawned processes through the real trainer and harness;
+    each run evaluates only the table's columns; a second call reads the runs back instead of training,
+    unless a setting changed."""
+    monkeypatch.setenv("MMDATA_SHARDS", str(demo_shards))
+    monkeypatch.setenv("MMDATA_DEMO_CORPUS", str(demo_corpus))
+    cfg = cfgmod.load("pipelines/ablate.yaml", ab.AblateConfig, [f"out={tmp_path}", "jobs=2"])
+    cfg = cfg.model_copy(update={
+        "train_overrides": ["train.steps=3", "train.checkpoint_every=3", "data.seq_len=128", "data.num_workers=0",
+                            f"model.encoder.model={tiny_vision}"],
+        "eval_overrides": ["max_items=4", "query_pool=16"]})
+    rows = {r.name: r for r in cfg.rows}
+    todo = [(rows["45:45:10"], 0), (rows["4 tokens"], 1)]
+    runs = ab.run_all(cfg, todo, echo=lambda s: None)
+    assert [(r.row, r.seed, r.steps) for r in runs] == [("45:45:10", 0, 3), ("4 tokens", 1, 3)]
+    wanted = {(task, cfg.vqa_shots if k is None else k) for _, _, task, k in ab.COLUMNS}
+    for run in runs:
+        assert set(run.scores) == {key for key, *_ in ab.COLUMNS}
+        assert {(r["task"], r["shots"]) for r in run.results} == wanted  # nothing the table does not show
+        assert (tmp_path / "runs" / ab.slug(run.row) / f"seed{run.seed}" / "run.json").exists()
+    assert [vars(r) for r in ab.run_all(cfg, todo, echo=lambda s: None)] == [vars(r) for r in runs]
+    # a changed setting (here the evaluation's) is a new experiment: that run is made again, not read back
+    said: list[str] = []
+    changed = cfg.model_copy(update={"eval_overrides": ["max_items=3", "query_pool=16"]})
+    again = ab.run_all(changed, todo[:1], echo=said.append)
+    assert any("made with other settings; training it again" in s for s in said), said
+    assert {r["n"] for r in again[0].results if r["task"] == "icl"} == {3}
+    # a run killed mid-training under other settings (checkpoints, no run.json) is started over, not
+    # handed to the trainer (which would refuse the folder)
+    folder = tmp_path / "runs" / ab.slug(todo[0][0].name) / "seed0"
+    (folder / "run.json").unlink()
+    (folder / "settings.json").write_text('{"train": "another recipe"}')
+    said.clear()
+    ab.run_all(cfg, todo[:1], echo=said.append)
+    assert any("holds an unfinished run with other settings; training it again" in s for s in said), said

@@ -10,6 +10,7 @@ line: a changed YAML, corpus or tower never reuses old weights.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import shutil
@@ -57,14 +58,22 @@ def recipe_of(folder: str | Path) -> dict | None:
 
 
 def ensure(folders: list[str | Path | None], recipe: dict, build: Callable[[], object], name: str, echo) -> None:
-    """Run `build` unless every folder (None: not asked for) holds a build of `recipe`."""
+    """Run `build` unless every folder (None: not asked for) holds a build of `recipe`. Processes
+    asking at once (parallel ablation runs, test workers) build it once: the others wait on a lock
+    beside the first folder and then find it built."""
     folders = [Path(f) for f in folders if f is not None]
     want = _plain(recipe)
     if all(recipe_of(f) == want for f in folders):
         return
-    if any(f.exists() for f in folders):
-        echo(f"{name} {folders[0]}: built with another recipe (or unfinished); building again")
-    build()
+    lock = folders[0].parent / f".{folders[0].name}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        if all(recipe_of(f) == want for f in folders):
+            return
+        if any(f.exists() for f in folders):
+            echo(f"{name} {folders[0]}: built with another recipe (or unfinished); building again")
+        build()
 
 
 def corpus_id(corpus_dir: str | Path) -> str:

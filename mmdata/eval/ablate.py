@@ -18,6 +18,7 @@ continues from its last checkpoint, and the trainer refuses a folder trained wit
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -65,6 +66,8 @@ class AblateConfig(Strict):
     eval_overrides: list[str] = Field(default_factory=list)
     vqa_shots: int = 4
     seeds: list[int] = Field([0, 1, 2], min_length=2, description="every seed is run and counted")
+    jobs: int = Field(2, ge=1, description="runs trained at once, each in its own process (a tiny run keeps about "
+                      "one core busy: 2 on a 2-core machine; 1 on a GPU)")
     rows: list[Row]
     baseline: str = Field("45:45:10", description="the row every finding compares against")
 
@@ -120,6 +123,7 @@ class Run:
     steps: int = 0
     loss: float | None = None
     seconds: float = 0.0
+    settings: dict = field(default_factory=dict)  # what made it (`settings_of`): a run made otherwise is redone
 
 
 def recipe_for(cfg: AblateConfig, row: Row, seed: int, out: str):
@@ -132,6 +136,23 @@ def recipe_for(cfg: AblateConfig, row: Row, seed: int, out: str):
     return recipe
 
 
+def settings_of(recipe, ev) -> dict:
+    """A run's identity: its training recipe's fingerprint (the trainer's: mixture resolved, pace
+    knobs left out), its evaluation's settings, and the training shards' manifests."""
+    from mmdata.mm1.train import fingerprint, mixture_of
+
+    mix = mixture_of(recipe)
+    shards = {}
+    for name, src in sorted(mix.sources.items()):
+        urls = [src.shards] if isinstance(src.shards, str) else src.shards
+        # a manifest's bytes (its shards' names, sizes and digests), else the names a pattern matches
+        shards[name] = fsio.digest_bytes(b"".join(
+            fsio.read_bytes(u) if u.endswith(".json") and fsio.exists(u) else "\n".join(fsio.expand(u)).encode()
+            for u in urls))
+    return {"train": fingerprint(recipe, mix)[0], "eval": json.loads(json.dumps(ev.model_dump(mode="json"))),
+            "shards": shards}
+
+
 def run_one(cfg: AblateConfig, row: Row, seed: int, echo) -> Run:
     from mmdata.eval.harness import Evaluator
     from mmdata.eval.models import MM1Model
@@ -139,16 +160,30 @@ def run_one(cfg: AblateConfig, row: Row, seed: int, echo) -> Run:
 
     out = fsio.join(cfg.out, "runs", slug(row.name), f"seed{seed}")
     done = fsio.join(out, "run.json")
+    recipe = recipe_for(cfg, row, seed, out)
+    ev = load_eval(cfg, [f"out={fsio.join(out, 'eval')}", f"seed={seed}"])
+    wanted = [(task, cfg.vqa_shots if k is None else k) for _, _, task, k in COLUMNS]
+    ev.shots = sorted({k for _, k in wanted})
+    settings = settings_of(recipe, ev)
+    marker = fsio.join(out, "settings.json")  # written before training: what a killed run was making
+    stale = None
     if fsio.exists(done):
         data = fsio.read_json(done)
-        return Run(**data)
+        if data.get("settings") == settings:
+            return Run(**data)
+        stale = "was made with other settings"
+    elif fsio.exists(out) and (not fsio.exists(marker) or fsio.read_json(marker) != settings):
+        stale = "holds an unfinished run with other settings"
+    if stale:
+        # the YAML (or the data) changed since: its checkpoints and scores are another experiment's
+        echo(f"  {row.name} seed {seed}: {out} {stale}; training it again")
+        fs, path = fsio.fs_path(out)
+        fs.rm(path, recursive=True)
+    fsio.write_json(marker, settings)
     t0 = time.perf_counter()
-    result = train(recipe_for(cfg, row, seed, out), echo=lambda s: None)
-    ev = load_eval(cfg, [f"out={fsio.join(out, 'eval')}", f"seed={seed}"])
-    shots = sorted({0, 4, 8, cfg.vqa_shots})
-    ev.shots = shots
+    result = train(recipe, echo=lambda s: None)
     model = MM1Model.load(result.model)
-    results = Evaluator(ev, model, echo=lambda s: None).run()
+    results = Evaluator(ev, model, echo=lambda s: None).run(only=wanted)  # the table's columns, nothing more
     by = {(r.task, r.shots): r for r in results}
     scores = {}
     for key, _, task, k in COLUMNS:
@@ -156,11 +191,34 @@ def run_one(cfg: AblateConfig, row: Row, seed: int, echo) -> Run:
         if r is not None:
             scores[key] = r.score
     run = Run(row.name, seed, out, scores, [r.line() for r in results], result.step, result.loss,
-              time.perf_counter() - t0)
+              time.perf_counter() - t0, settings)
     fsio.write_json(done, vars(run))
     echo(f"  {row.name} seed {seed}: " + ", ".join(f"{k} {v:.1f}" for k, v in scores.items())
          + f" ({run.seconds:.0f}s)")
     return run
+
+
+def _child(cfg: AblateConfig, row: Row, seed: int) -> Run:
+    return run_one(cfg, row, seed, lambda s: print(s, flush=True))
+
+
+def run_all(cfg: AblateConfig, todo: list[tuple[Row, int]], echo) -> list[Run]:
+    """Every (row, seed) of `todo`, `cfg.jobs` at a time in fresh processes (spawned: no forked
+    torch or Dask state); the runs in `todo`'s order. A run that fails stops the table: its error
+    is raised once the runs in flight have finished (their results are kept for the next try);
+    runs not started yet are not."""
+    if cfg.jobs == 1 or len(todo) == 1:
+        return [run_one(cfg, row, seed, echo) for row, seed in todo]
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(min(cfg.jobs, len(todo)), mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(_child, cfg, row, seed) for row, seed in todo]
+        try:
+            return [f.result() for f in futures]
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
 
 
 def synthetic_captions(shards: str) -> tuple[int, int]:
@@ -373,12 +431,8 @@ def run(path: str | os.PathLike = "pipelines/ablate.yaml", overrides: list[str] 
     os.environ["MMDATA_SHARDS"] = shards
     os.environ["MMDATA_DEMO_CORPUS"] = os.path.abspath(cfg.data.corpus)
     chance = 100.0 / 2
-    runs = []
-    for row in cfg.rows:
-        if rows and row.name not in rows:
-            continue
-        for seed in cfg.seeds:
-            runs.append(run_one(cfg, row, seed, echo))
+    todo = [(row, seed) for row in cfg.rows if not rows or row.name in rows for seed in cfg.seeds]
+    runs = run_all(cfg, todo, echo)
     table = summary(runs)
     found = findings(table, cfg.baseline, chance)
     notes = []

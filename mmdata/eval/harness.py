@@ -399,11 +399,15 @@ class Evaluator:
             out += self.model.score([b[0] for b in batch], [b[1] for b in batch])
         return out
 
-    def run(self, tasks: Sequence[str] | None = None) -> list[Result]:
-        """Every configured task at every shot count; writes results.jsonl and predictions."""
+    def run(self, tasks: Sequence[str] | None = None, only: Sequence[tuple[str, int]] | None = None) -> list[Result]:
+        """Every configured task at every shot count (or just the (task, shots) pairs `only` names);
+        writes results.jsonl and predictions."""
         cfg = self.cfg
         results = []
-        for name, k in plan(cfg, tasks):
+        todo = plan(cfg, tasks)
+        if only is not None:
+            todo = [x for x in todo if x in set(only)]
+        for name, k in todo:
             start = time.perf_counter()
             res, preds = getattr(self, name)(k)
             res.seconds = time.perf_counter() - start

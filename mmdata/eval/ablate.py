@@ -18,7 +18,6 @@ continues from its last checkpoint, and the trainer refuses a folder trained wit
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -149,8 +148,7 @@ def settings_of(recipe, ev) -> dict:
         shards[name] = fsio.digest_bytes(b"".join(
             fsio.read_bytes(u) if u.endswith(".json") and fsio.exists(u) else "\n".join(fsio.expand(u)).encode()
             for u in urls))
-    return {"train": fingerprint(recipe, mix)[0], "eval": json.loads(json.dumps(ev.model_dump(mode="json"))),
-            "shards": shards}
+    return {"train": fingerprint(recipe, mix)[0], "eval": ev.model_dump(mode="json"), "shards": shards}
 
 
 def run_one(cfg: AblateConfig, row: Row, seed: int, echo) -> Run:
@@ -185,11 +183,7 @@ def run_one(cfg: AblateConfig, row: Row, seed: int, echo) -> Run:
     model = MM1Model.load(result.model)
     results = Evaluator(ev, model, echo=lambda s: None).run(only=wanted)  # the table's columns, nothing more
     by = {(r.task, r.shots): r for r in results}
-    scores = {}
-    for key, _, task, k in COLUMNS:
-        r = by.get((task, cfg.vqa_shots if k is None else k))
-        if r is not None:
-            scores[key] = r.score
+    scores = {key: by[w].score for (key, *_), w in zip(COLUMNS, wanted) if w in by}
     run = Run(row.name, seed, out, scores, [r.line() for r in results], result.step, result.loss,
               time.perf_counter() - t0, settings)
     fsio.write_json(done, vars(run))

@@ -406,7 +406,8 @@ class Evaluator:
         results = []
         todo = plan(cfg, tasks)
         if only is not None:
-            todo = [x for x in todo if x in set(only)]
+            only = set(only)
+            todo = [x for x in todo if x in only]
         for name, k in todo:
             start = time.perf_counter()
             res, preds = getattr(self, name)(k)

@@ -5,7 +5,7 @@ and each stored image is compared (PSNR, dB, over RGB) against one reference: th
 resized with Lanczos in floating point, never encoded. CPU is `time.process_time` per image in one
 process (no threads), best of `--rounds` rounds over the whole set.
 
-Paths: mmdata's current `images.process`; img2dataset's own (OpenCV full decode + INTER_AREA +
+Paths: mmdata's current `images.process` (and with Pillow's filters); img2dataset's own (OpenCV full decode + INTER_AREA +
 imencode); Pillow with reduced-scale decoding (draft) and different filters; OpenCV reduced
 decoding; simplejpeg (libjpeg-turbo) scaled decoding; libvips' shrink-on-load thumbnail.
 
@@ -156,13 +156,14 @@ def main() -> None:
 
     L, B = Image.Resampling.LANCZOS, Image.Resampling.BOX
     paths = {
-        "mmdata (images.process)": mmdata_path(ImageConfig(image_size=SIDE, resize_mode="keep_ratio")),
+        "mmdata (images.process: OpenCV area)": mmdata_path(ImageConfig(image_size=SIDE, resize_mode="keep_ratio")),
         "mmdata, 4:2:0": mmdata_path(ImageConfig(image_size=SIDE, resize_mode="keep_ratio", jpeg_subsampling="4:2:0")),
-        "mmdata, bilinear": mmdata_path(ImageConfig(image_size=SIDE, resize_mode="keep_ratio", downscale_filter="bilinear")),
-        "mmdata, bilinear, 4:2:0": mmdata_path(ImageConfig(image_size=SIDE, resize_mode="keep_ratio",
-                                                           downscale_filter="bilinear", jpeg_subsampling="4:2:0")),
+        "mmdata, Pillow bicubic (before)": mmdata_path(ImageConfig(image_size=SIDE, resize_mode="keep_ratio",
+                                                                   downscale_filter="bicubic")),
+        "mmdata, Pillow bilinear": mmdata_path(ImageConfig(image_size=SIDE, resize_mode="keep_ratio",
+                                                           downscale_filter="bilinear")),
         "img2dataset: cv2 full decode + INTER_AREA": cv2_path(False),
-        "cv2 reduced decode + INTER_AREA": cv2_path(True),
+        "cv2 reduced decode >=1x + INTER_AREA": cv2_path(True),
         "Pillow full decode + lanczos": pil(None, L, None),
         "Pillow full decode + box": pil(None, B),
         "Pillow draft >=1x + box (mmdata before)": pil(1, B),

@@ -98,8 +98,9 @@ class ImageConfig(Strict):
     image_size: int = Field(256, ge=1, description="target side in pixels (see resize_mode)")
     resize_only_if_bigger: bool = Field(False, description="never upscale")
     downscale_filter: Literal["area", "bilinear", "bicubic", "lanczos"] = Field(
-        "bicubic", description="shrinking (all anti-aliased): bicubic is 1.5 dB under lanczos for 20% less CPU; "
-        "area is Pillow's box, which aliases at fractional factors (see docs/download.md)")
+        "area", description="shrinking (all anti-aliased): area is OpenCV's exact area average, and colour JPEGs "
+        "stored as jpg then never touch Pillow (the fastest path); bilinear, bicubic and lanczos are Pillow's, "
+        "sharper for more CPU (docs/download.md)")
     upscale_filter: Literal["area", "bilinear", "bicubic", "lanczos"] = "lanczos"
     encode_format: Literal["jpg", "png", "webp"] = "jpg"
     encode_quality: int = Field(95, ge=0, le=100, description="jpg/webp quality")

@@ -3,16 +3,18 @@
 `process(body, cfg) -> ImageResult` never raises for a bad image: the result carries a status.
 
 Quality, then speed (measured in docs/download.md, `benchmarks/bench_resize.py`): a JPEG much
-larger than the target decodes at 1/2, 1/4 or 1/8 scale (`Image.draft`, DCT scaling inside
-libjpeg), to the smallest such size still `DRAFT_HEADROOM` (1.5) times the target, so a 2000 px
-photo shrunk to 256 px never exists at full size in memory; an anti-aliasing filter (bicubic by
-default) does the rest. Two things made stored images worse than img2dataset's before (28.2 dB
-against 35.2 dB PSNR vs a Lanczos resize of the full decode): decoding down to just above the
-target (DCT scaling is blockwise, so what it leaves must be filtered again over a few pixels), and
-Pillow's BOX filter, which is no area average at fractional factors (each source pixel counts whole
-or not at all). JPEGs at quality >= 90 are stored without chroma subsampling (4:4:4, as libvips
-does): +2 dB for 10% more bytes. Now 37.4 dB, in 12 ms of CPU per web photo against
-img2dataset's 15.7.
+larger than the target decodes at 1/2, 1/4 or 1/8 scale (DCT scaling inside libjpeg-turbo), to the
+smallest such size still 2x the target (1.5x before Pillow's sharper filters), so a 2000 px photo
+shrunk to 256 px never exists at full size in memory; an anti-aliasing filter does the rest. By
+default (`downscale_filter: area`) a colour JPEG stored as jpg goes through OpenCV alone: reduced
+decode, an exact area average, the EXIF turn on the small image, encode, in BGR with no copy between
+libraries; every other image (PNG, WebP, grey, CMYK, alpha, enlarging, other filters or formats)
+goes through Pillow. Stored without chroma subsampling at quality >= 90 (4:4:4, as libvips does).
+Against a Lanczos resize of the full decode this is above img2dataset's quality (OpenCV full decode
++ area, 4:2:0) for about half its CPU on web-size photos. What made mmdata's images worse before
+(28 dB against img2dataset's 35): decoding down to just above the target (DCT scaling is blockwise,
+so what it leaves must be filtered again over a few pixels), and Pillow's BOX filter, which is no
+area average at fractional factors (each source pixel counts whole or not at all).
 
 Statuses:
   success                   data holds the encoded image
@@ -35,15 +37,30 @@ import threading
 import warnings
 from dataclasses import dataclass
 
+import cv2
+import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
 from mmdata.config import ImageConfig
 
 FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
-FILTERS = {"area": Image.Resampling.BOX, "bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
-           "lanczos": Image.Resampling.LANCZOS}
-DRAFT_HEADROOM = 1.5  # reduced JPEG decoding stops at this multiple of the target size (see above)
+# Pillow's filters; "area" is OpenCV's INTER_AREA, an exact area average (Pillow's BOX is not one)
+FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
+# reduced JPEG decoding stops at this multiple of the target size (see above); an area average is
+# a weaker low-pass than bicubic over what DCT scaling leaves, so it needs more room to stay
+# above img2dataset's quality (measured in docs/download.md)
+DRAFT_HEADROOM = {"area": 2.0, "bilinear": 1.5, "bicubic": 1.5, "lanczos": 1.5}
 SUBSAMPLING = {"4:4:4": 0, "4:2:2": 1, "4:2:0": 2}
+_CV_SAMPLING = {"4:4:4": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444, "4:2:2": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_422,
+                "4:2:0": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420}
+_CV_REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+               8: cv2.IMREAD_REDUCED_COLOR_8}
+# one download worker per core is the engine's shape: OpenCV's own thread pool would oversubscribe it
+cv2.setNumThreads(1)
+# EXIF orientation -> the same turn as Pillow's exif_transpose, on an (h, w, c) array
+_ORIENT = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+           5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1),
+           7: lambda a: np.rot90(a, 2).transpose(1, 0, 2), 8: lambda a: np.rot90(a, 1)}
 # Pillow imports its ~40 format plugins at the first image that is not JPEG/PNG/GIF/BMP/PPM, mid-
 # shard; done at import, forked workers inherit them.
 Image.init()
@@ -160,13 +177,16 @@ def _scratch():
     return _local.file
 
 
+def _subsampling(cfg: ImageConfig) -> str:
+    if cfg.jpeg_subsampling == "auto":
+        return "4:4:4" if cfg.encode_quality >= 90 else "4:2:0"
+    return cfg.jpeg_subsampling
+
+
 def _encode(img: Image.Image, cfg: ImageConfig) -> bytes:
     fmt = FORMATS[cfg.encode_format]
     if fmt == "JPEG":
-        sub = cfg.jpeg_subsampling
-        if sub == "auto":
-            sub = "4:4:4" if cfg.encode_quality >= 90 else "4:2:0"
-        opts = {"quality": cfg.encode_quality, "subsampling": SUBSAMPLING[sub]}
+        opts = {"quality": cfg.encode_quality, "subsampling": SUBSAMPLING[_subsampling(cfg)]}
     elif fmt == "PNG":
         opts = {"compress_level": cfg.png_compression}
     else:
@@ -181,6 +201,52 @@ def _encode(img: Image.Image, cfg: ImageConfig) -> bytes:
     img.save(f, fmt, **opts)
     f.seek(0)
     return f.read()
+
+
+def _draft_size(stored: tuple[int, int], scale: float, flt: str) -> tuple[int, int]:
+    """The size a reduced JPEG decode must still cover: the headroom times the target (stored orientation)."""
+    room = scale * DRAFT_HEADROOM[flt]
+    return math.ceil(stored[0] * room), math.ceil(stored[1] * room)
+
+
+def _crop_box(w: int, h: int, side: int) -> tuple[int, int, int, int]:
+    cw, ch = min(w, side), min(h, side)
+    left, top = (w - cw) // 2, (h - ch) // 2
+    return left, top, left + cw, top + ch
+
+
+def _jpeg_area(body: bytes, stored: tuple[int, int], orientation: int, size: tuple[int, int],
+               cfg: ImageConfig) -> tuple[bytes, tuple[int, int]] | None:
+    """A colour JPEG shrunk into a jpg with OpenCV alone: the reduced decode Pillow's draft would
+    choose, an area average, the EXIF turn on the small image, crop or border, encode. Channels stay
+    BGR from decode to encode, with no copy between libraries. None: OpenCV could not decode it."""
+    sw, sh = stored
+    tw, th = size[::-1] if orientation in _TRANSPOSED else size
+    need_w, need_h = _draft_size(stored, tw / sw, "area")
+    fit = min(sw // need_w, sh // need_h)  # Pillow's rule in JpegImageFile.draft
+    k = next((f for f in (8, 4, 2) if fit >= f), 1)
+    a = cv2.imdecode(np.frombuffer(body, np.uint8), _CV_REDUCED[k] | cv2.IMREAD_IGNORE_ORIENTATION)
+    if a is None or a.shape != (-(-sh // k), -(-sw // k), 3):
+        return None
+    a = cv2.resize(a, (tw, th), interpolation=cv2.INTER_AREA)
+    if orientation in _ORIENT:
+        a = _ORIENT[orientation](a)
+    h, w = a.shape[:2]
+    side = cfg.image_size
+    if cfg.resize_mode == "center_crop":
+        left, top, right, bottom = _crop_box(w, h, side)
+        a = a[top:bottom, left:right]
+    elif cfg.resize_mode == "border" and (w, h) != (side, side):
+        canvas = np.empty((side, side, 3), np.uint8)
+        canvas[:] = cfg.border_color[::-1]
+        top, left = (side - h) // 2, (side - w) // 2
+        canvas[top:top + h, left:left + w] = a
+        a = canvas
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(a), [
+        cv2.IMWRITE_JPEG_QUALITY, cfg.encode_quality, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, _CV_SAMPLING[_subsampling(cfg)]])
+    if not ok:
+        raise ValueError("OpenCV could not encode the image")
+    return buf.tobytes(), (a.shape[1], a.shape[0])
 
 
 def process(body: bytes, cfg: ImageConfig | None = None) -> ImageResult:
@@ -225,12 +291,23 @@ def process(body: bytes, cfg: ImageConfig | None = None) -> ImageResult:
             and img.format == FORMATS[cfg.encode_format]):
         res.status, res.data, res.ext, res.width, res.height = "success", body, cfg.encode_format, w, h
         return res
+    shrink = tw * th < w * h
+    if (shrink and cfg.downscale_filter == "area" and cfg.encode_format == "jpg" and img.format == "JPEG"
+            and img.mode == "RGB" and body.endswith(b"\xff\xd9")):
+        # the common case, kept off Pillow: 1.4-1.7x less CPU (docs/download.md). A body without
+        # its end marker (truncated?) goes to Pillow, which refuses what libjpeg would pad with grey.
+        try:
+            out = _jpeg_area(body, (stored_w, stored_h), orientation, (tw, th), cfg)
+        except Exception as e:  # noqa: BLE001
+            res.status, res.error_message = "failed_to_resize", f"{type(e).__name__}: {e}"[:300]
+            return res
+        if out is not None:
+            res.status, res.ext, res.data, (res.width, res.height) = "success", "jpg", *out
+            return res
+        # OpenCV could not decode it: Pillow's decode below says why
     try:
         if img.format == "JPEG" and (tw, th) != (w, h):
-            # decode at the smallest 1/2^k scale still DRAFT_HEADROOM x the target (stored orientation)
-            scale = tw / w * DRAFT_HEADROOM
-            img.draft("RGB" if img.mode in ("RGB", "YCbCr") else None,
-                      (math.ceil(stored_w * scale), math.ceil(stored_h * scale)))
+            img.draft("RGB" if img.mode in ("RGB", "YCbCr") else None, _draft_size((stored_w, stored_h), tw / w, cfg.downscale_filter))
         img.load()
     except Exception as e:  # noqa: BLE001
         res.error_message = f"decode: {type(e).__name__}: {e}"[:300]
@@ -241,15 +318,14 @@ def process(body: bytes, cfg: ImageConfig | None = None) -> ImageResult:
             img = ImageOps.exif_transpose(img)
         img = _rgb(img, keep_alpha=cfg.encode_format != "jpg")
         if img.size != (tw, th):
-            shrink = tw * th < img.width * img.height
-            flt = FILTERS[cfg.downscale_filter if shrink else cfg.upscale_filter]
-            # large shrinks first average whole blocks (Image.reduce, exact), then filter what is left
-            img = img.resize((tw, th), flt, reducing_gap=3.0)
+            flt = cfg.downscale_filter if shrink else cfg.upscale_filter
+            if flt == "area":
+                img = Image.fromarray(cv2.resize(np.asarray(img), (tw, th), interpolation=cv2.INTER_AREA))
+            else:  # large shrinks first average whole blocks (Image.reduce, exact), then filter what is left
+                img = img.resize((tw, th), FILTERS[flt], reducing_gap=3.0)
         side = cfg.image_size
         if cfg.resize_mode == "center_crop" and (tw, th) != (min(tw, side), min(th, side)):
-            cw, ch = min(tw, side), min(th, side)
-            left, top = (tw - cw) // 2, (th - ch) // 2
-            img = img.crop((left, top, left + cw, top + ch))
+            img = img.crop(_crop_box(tw, th, side))
         elif cfg.resize_mode == "border" and (tw, th) != (side, side) and not (cfg.resize_only_if_bigger and max(w, h) <= side):
             fill = cfg.border_color if img.mode in ("RGB", "RGBA") else 255
             canvas = Image.new(img.mode, (side, side), fill if img.mode != "RGBA" else (*fill, 255))

@@ -53,6 +53,9 @@ DRAFT_HEADROOM = {"area": 2.0, "bilinear": 1.5, "bicubic": 1.5, "lanczos": 1.5}
 SUBSAMPLING = {"4:4:4": 0, "4:2:2": 1, "4:2:0": 2}
 _CV_SAMPLING = {"4:4:4": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444, "4:2:2": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_422,
                 "4:2:0": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420}
+# enlarging needs no anti-aliasing, so these match Pillow's filters of the same names (lanczos: 4 lobes, not 3)
+_CV_FILTERS = {"area": cv2.INTER_AREA, "bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC,
+               "lanczos": cv2.INTER_LANCZOS4}
 _CV_REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
                8: cv2.IMREAD_REDUCED_COLOR_8}
 # one download worker per core is the engine's shape: OpenCV's own thread pool would oversubscribe it
@@ -217,9 +220,10 @@ def _crop_box(w: int, h: int, side: int) -> tuple[int, int, int, int]:
 
 def _jpeg_area(body: bytes, stored: tuple[int, int], orientation: int, size: tuple[int, int],
                cfg: ImageConfig) -> tuple[bytes, tuple[int, int]] | None:
-    """A colour JPEG shrunk into a jpg with OpenCV alone: the reduced decode Pillow's draft would
-    choose, an area average, the EXIF turn on the small image, crop or border, encode. Channels stay
-    BGR from decode to encode, with no copy between libraries. None: OpenCV could not decode it."""
+    """A colour JPEG resized into a jpg with OpenCV alone: the reduced decode Pillow's draft would
+    choose, an area average (enlarging: OpenCV's kernel of `upscale_filter`'s name), the EXIF turn on
+    the small image, crop or border, encode. Channels stay BGR from decode to encode, with no copy
+    between libraries. None: OpenCV could not decode it."""
     sw, sh = stored
     tw, th = size[::-1] if orientation in _TRANSPOSED else size
     need_w, need_h = _draft_size(stored, tw / sw, "area")
@@ -228,7 +232,8 @@ def _jpeg_area(body: bytes, stored: tuple[int, int], orientation: int, size: tup
     a = cv2.imdecode(np.frombuffer(body, np.uint8), _CV_REDUCED[k] | cv2.IMREAD_IGNORE_ORIENTATION)
     if a is None or a.shape != (-(-sh // k), -(-sw // k), 3):
         return None
-    a = cv2.resize(a, (tw, th), interpolation=cv2.INTER_AREA)
+    shrink = tw * th < a.shape[0] * a.shape[1]
+    a = cv2.resize(a, (tw, th), interpolation=_CV_FILTERS["area" if shrink else cfg.upscale_filter])
     if orientation in _ORIENT:
         a = _ORIENT[orientation](a)
     h, w = a.shape[:2]
@@ -292,8 +297,8 @@ def process(body: bytes, cfg: ImageConfig | None = None) -> ImageResult:
         res.status, res.data, res.ext, res.width, res.height = "success", body, cfg.encode_format, w, h
         return res
     shrink = tw * th < w * h
-    if (shrink and cfg.downscale_filter == "area" and cfg.encode_format == "jpg" and img.format == "JPEG"
-            and img.mode == "RGB" and body.endswith(b"\xff\xd9")):
+    if ((tw, th) != (w, h) and (cfg.downscale_filter == "area" or not shrink) and cfg.encode_format == "jpg"
+            and img.format == "JPEG" and img.mode == "RGB" and body.endswith(b"\xff\xd9")):
         # the common case, kept off Pillow: 1.4-1.7x less CPU (docs/download.md). A body without
         # its end marker (truncated?) goes to Pillow, which refuses what libjpeg would pad with grey.
         try:

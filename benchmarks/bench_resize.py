@@ -7,7 +7,8 @@ process (no threads), best of `--rounds` rounds over the whole set.
 
 Paths: mmdata's current `images.process` (and with Pillow's filters); img2dataset's own (OpenCV full decode + INTER_AREA +
 imencode); Pillow with reduced-scale decoding (draft) and different filters; OpenCV reduced
-decoding; simplejpeg (libjpeg-turbo) scaled decoding; libvips' shrink-on-load thumbnail.
+decoding; simplejpeg (libjpeg-turbo) scaled decoding, also at M/8 scales; libvips' shrink-on-load
+thumbnail and its lanczos3 resize after OpenCV's reduced decode.
 
 Run: `.venv/bin/python benchmarks/bench_resize.py [--photos N] [--demo N]`.
 """
@@ -119,6 +120,45 @@ def simplejpeg_path(factor: int, flt):
     return run
 
 
+def simplejpeg_area(factor: float):
+    """libjpeg-turbo's finer scales (any M/8, not just 1/2^k) to >= factor x the target, then an area average."""
+
+    def run(body: bytes) -> bytes:
+        import cv2
+        import simplejpeg
+
+        h, w, _, _ = simplejpeg.decode_jpeg_header(body)
+        tw, th = target(w, h)
+        arr = simplejpeg.decode_jpeg(body, colorspace="BGR", min_width=math.ceil(tw * factor),
+                                     min_height=math.ceil(th * factor))
+        small = cv2.resize(arr, (tw, th), interpolation=cv2.INTER_AREA)
+        return cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, QUALITY, cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
+                                            cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444])[1].tobytes()
+
+    return run
+
+
+def cv2_vips_resize(factor: float):
+    """OpenCV's reduced decode to >= factor x the target, libvips' lanczos3 for the rest, OpenCV's encode."""
+
+    def run(body: bytes) -> bytes:
+        import cv2
+        import pyvips
+
+        w, h = Image.open(io.BytesIO(body)).size
+        tw, th = target(w, h)
+        k = max((f for f in (1, 2, 4, 8) if w // f >= tw * factor and h // f >= th * factor), default=1)
+        flag = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+                8: cv2.IMREAD_REDUCED_COLOR_8}[k]
+        a = cv2.imdecode(np.frombuffer(body, np.uint8), flag)
+        v = pyvips.Image.new_from_memory(a.data, a.shape[1], a.shape[0], 3, "uchar")
+        small = v.resize(tw / a.shape[1], vscale=th / a.shape[0], kernel="lanczos3").numpy()
+        return cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, QUALITY, cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
+                                            cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444])[1].tobytes()
+
+    return run
+
+
 def vips_path():
     def run(body: bytes) -> bytes:
         import pyvips
@@ -178,6 +218,8 @@ def main() -> None:
         "Pillow draft >=2x + hamming": pil(2, Image.Resampling.HAMMING),
         "simplejpeg scaled >=2x + Pillow box": simplejpeg_path(2, B),
         "simplejpeg scaled >=2x + Pillow lanczos": simplejpeg_path(2, L),
+        "simplejpeg M/8 scale >=2x + INTER_AREA, 4:4:4": simplejpeg_area(2),
+        "cv2 reduced >=1.5x + libvips lanczos3, 4:4:4": cv2_vips_resize(1.5),
         "libvips thumbnail (shrink-on-load)": vips_path(),
     }
     for name, bodies in sets.items():

@@ -11,7 +11,7 @@ decode, an exact area average, the EXIF turn on the small image, encode, in BGR 
 libraries; every other image (PNG, WebP, grey, CMYK, alpha, enlarging, other filters or formats)
 goes through Pillow. Stored without chroma subsampling at quality >= 90 (4:4:4, as libvips does).
 Against a Lanczos resize of the full decode this is above img2dataset's quality (OpenCV full decode
-+ area, 4:2:0) for about half its CPU on web-size photos. What made mmdata's images worse before
++ area, 4:2:0) for three quarters of its CPU on web-size photos and the same on small images. What made mmdata's images worse before
 (28 dB against img2dataset's 35): decoding down to just above the target (DCT scaling is blockwise,
 so what it leaves must be filtered again over a few pixels), and Pillow's BOX filter, which is no
 area average at fractional factors (each source pixel counts whole or not at all).
@@ -299,7 +299,7 @@ def process(body: bytes, cfg: ImageConfig | None = None) -> ImageResult:
     shrink = tw * th < w * h
     if ((tw, th) != (w, h) and (cfg.downscale_filter == "area" or not shrink) and cfg.encode_format == "jpg"
             and img.format == "JPEG" and img.mode == "RGB" and body.endswith(b"\xff\xd9")):
-        # the common case, kept off Pillow: 1.4-1.7x less CPU (docs/download.md). A body without
+        # the common case, kept off Pillow: 1.2-1.6x less CPU than its bicubic (docs/download.md). A body without
         # its end marker (truncated?) goes to Pillow, which refuses what libjpeg would pad with grey.
         try:
             out = _jpeg_area(body, (stored_w, stored_h), orientation, (tw, th), cfg)

@@ -70,8 +70,9 @@ def test_markdown_and_plot():
     cfg = cfgmod.load("pipelines/ablate.yaml", ab.AblateConfig)
     runs = _runs({r.name: BASE for r in cfg.rows})
     table = ab.summary(runs)
-    md = ab.markdown(cfg, table, ab.findings(table, cfg.baseline, 50.0), runs, "make ablate", 50.0, ["a note"])
+    md = ab.markdown(cfg, table, ab.findings(table, cfg.baseline, 50.0), runs, "make ablate", 50.0, ["a note"], 90.0)
     assert md.count("\n| ") == len(cfg.rows) + 1 and "## MM1's findings" in md and "- a note" in md
+    assert "1.5 min wall" in md and f"{cfg.jobs} at a time" in md  # summed run time is not passed off as wall time
     assert "41.0 [38.5, 43.5]" in md  # mean and the t interval of 40, 42, 41
     svg = ab.svg(cfg, table, 50.0)
     assert svg.startswith("<svg") and svg.count("<rect") > len(cfg.rows) * len(ab.COLUMNS)

@@ -339,7 +339,7 @@ def findings(table: dict, base: str, chance: float) -> list[Finding]:
 
 
 def markdown(cfg: AblateConfig, table: dict, found: list[Finding], runs: list[Run], command: str, chance: float,
-             notes: list[str]) -> str:
+             notes: list[str], wall: float) -> str:
     heads = [h for _, h, _, _ in COLUMNS]
     lines = [f"# Ablations at toy scale ({len(cfg.seeds)} seeds: {', '.join(map(str, cfg.seeds))})", "",
              f"`{command}`", "",
@@ -351,8 +351,10 @@ def markdown(cfg: AblateConfig, table: dict, found: list[Finding], runs: list[Ru
     lines += ["", "## MM1's findings", ""] + [f.line() for f in found]
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
-    secs = sum(r.seconds for r in runs)
-    lines += ["", f"{len(runs)} runs, {secs / 60:.1f} min of training and evaluation."]
+    secs = sum(r.seconds for r in runs)  # runs overlap (cfg.jobs at a time): this is not wall time
+    lines += ["", (f"{len(runs)} runs, {secs / 60:.1f} min of training and evaluation summed over runs "
+                   f"({cfg.jobs} at a time; runs read back count their first time); {wall / 60:.1f} min wall for "
+                   "this call, the data step included.")]
     return "\n".join(lines) + "\n"
 
 
@@ -437,7 +439,7 @@ def run(path: str | os.PathLike = "pipelines/ablate.yaml", overrides: list[str] 
     else:
         notes.append(f"{with_syn} of {pairs} training pairs carry a VeCap caption")
     command = f"make ablate{' ARGS=--scale ' + format(scale, 'g') if scale != 1 else ''}"
-    md = markdown(cfg, table, found, runs, command, chance, notes)
+    md = markdown(cfg, table, found, runs, command, chance, notes, time.perf_counter() - start)
     result = {"config": cfg.model_dump(mode="json"), "scale": scale, "table": table,
               "findings": [vars(f) for f in found], "runs": [vars(r) for r in runs], "notes": notes,
               "seconds": time.perf_counter() - start}

@@ -439,10 +439,11 @@ def run(path: str | os.PathLike = "pipelines/ablate.yaml", overrides: list[str] 
     else:
         notes.append(f"{with_syn} of {pairs} training pairs carry a VeCap caption")
     command = f"make ablate{' ARGS=--scale ' + format(scale, 'g') if scale != 1 else ''}"
-    md = markdown(cfg, table, found, runs, command, chance, notes, time.perf_counter() - start)
+    wall = time.perf_counter() - start
+    md = markdown(cfg, table, found, runs, command, chance, notes, wall)
     result = {"config": cfg.model_dump(mode="json"), "scale": scale, "table": table,
               "findings": [vars(f) for f in found], "runs": [vars(r) for r in runs], "notes": notes,
-              "seconds": time.perf_counter() - start}
+              "seconds": wall}
     fsio.write_json(fsio.join(cfg.out, "table.json"), result)
     fsio.atomic_write(fsio.join(cfg.out, "table.md"), md.encode())
     fsio.atomic_write(fsio.join(cfg.out, "table.svg"), svg(cfg, table, chance).encode())

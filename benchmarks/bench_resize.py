@@ -85,21 +85,33 @@ def pil(draft_factor: float | None, flt, reducing_gap: float | None = None):
     return run
 
 
+def cv2_reduced(body: bytes, factor: float) -> tuple[np.ndarray, tuple[int, int]]:
+    """OpenCV's reduced decode (1/2, 1/4, 1/8) to >= factor x the target; the image and the target."""
+    import cv2
+
+    w, h = Image.open(io.BytesIO(body)).size
+    tw, th = target(w, h)
+    k = max((f for f in (1, 2, 4, 8) if w // f >= tw * factor and h // f >= th * factor), default=1)
+    flag = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+            8: cv2.IMREAD_REDUCED_COLOR_8}[k]
+    return cv2.imdecode(np.frombuffer(body, np.uint8), flag), (tw, th)
+
+
+def cv2_encode_444(arr: np.ndarray) -> bytes:
+    import cv2
+
+    return cv2.imencode(".jpg", arr, [cv2.IMWRITE_JPEG_QUALITY, QUALITY, cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
+                                      cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444])[1].tobytes()
+
+
 def cv2_path(reduced: bool):
     import cv2
 
     def run(body: bytes) -> bytes:
-        arr = np.frombuffer(body, np.uint8)
         if reduced:
-            head = Image.open(io.BytesIO(body))
-            w, h = head.size
-            tw, th = target(w, h)
-            k = max((f for f in (1, 2, 4, 8) if w // f >= tw and h // f >= th), default=1)
-            flag = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
-                    8: cv2.IMREAD_REDUCED_COLOR_8}[k]
-            img = cv2.imdecode(arr, flag)
+            img, (tw, th) = cv2_reduced(body, 1)
         else:
-            img = cv2.imdecode(arr, cv2.IMREAD_COLOR)
+            img = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR)
             tw, th = target(img.shape[1], img.shape[0])
         img = cv2.resize(img, (tw, th), interpolation=cv2.INTER_AREA)
         return cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, QUALITY])[1].tobytes()
@@ -131,9 +143,7 @@ def simplejpeg_area(factor: float):
         tw, th = target(w, h)
         arr = simplejpeg.decode_jpeg(body, colorspace="BGR", min_width=math.ceil(tw * factor),
                                      min_height=math.ceil(th * factor))
-        small = cv2.resize(arr, (tw, th), interpolation=cv2.INTER_AREA)
-        return cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, QUALITY, cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
-                                            cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444])[1].tobytes()
+        return cv2_encode_444(cv2.resize(arr, (tw, th), interpolation=cv2.INTER_AREA))
 
     return run
 
@@ -142,19 +152,11 @@ def cv2_vips_resize(factor: float):
     """OpenCV's reduced decode to >= factor x the target, libvips' lanczos3 for the rest, OpenCV's encode."""
 
     def run(body: bytes) -> bytes:
-        import cv2
         import pyvips
 
-        w, h = Image.open(io.BytesIO(body)).size
-        tw, th = target(w, h)
-        k = max((f for f in (1, 2, 4, 8) if w // f >= tw * factor and h // f >= th * factor), default=1)
-        flag = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
-                8: cv2.IMREAD_REDUCED_COLOR_8}[k]
-        a = cv2.imdecode(np.frombuffer(body, np.uint8), flag)
+        a, (tw, th) = cv2_reduced(body, factor)
         v = pyvips.Image.new_from_memory(a.data, a.shape[1], a.shape[0], 3, "uchar")
-        small = v.resize(tw / a.shape[1], vscale=th / a.shape[0], kernel="lanczos3").numpy()
-        return cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, QUALITY, cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
-                                            cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444])[1].tobytes()
+        return cv2_encode_444(v.resize(tw / a.shape[1], vscale=th / a.shape[0], kernel="lanczos3").numpy())
 
     return run
 

@@ -102,7 +102,7 @@ class ImageConfig(Strict):
         "stored as jpg then never touch Pillow (the fastest path); bilinear, bicubic and lanczos are Pillow's, "
         "sharper for more CPU (docs/download.md)")
     upscale_filter: Literal["area", "bilinear", "bicubic", "lanczos"] = Field(
-        "bicubic", description="enlarging: bicubic is 0.6 dB under lanczos for a third of its CPU (docs/download.md)")
+        "bicubic", description="enlarging: bicubic is 0.6 dB under lanczos for a third of the CPU per image (docs/download.md)")
     encode_format: Literal["jpg", "png", "webp"] = "jpg"
     encode_quality: int = Field(95, ge=0, le=100, description="jpg/webp quality")
     jpeg_subsampling: Literal["auto", "4:4:4", "4:2:2", "4:2:0"] = Field(

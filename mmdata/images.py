@@ -8,11 +8,12 @@ smallest such size still 2x the target (1.5x before Pillow's sharper filters), s
 shrunk to 256 px never exists at full size in memory; an anti-aliasing filter does the rest. By
 default (`downscale_filter: area`) a colour JPEG stored as jpg goes through OpenCV alone: reduced
 decode, an exact area average, the EXIF turn on the small image, encode, in BGR with no copy between
-libraries; every other image (PNG, WebP, grey, CMYK, alpha, enlarging, other filters or formats)
-goes through Pillow. Stored without chroma subsampling at quality >= 90 (4:4:4, as libvips does).
-Against a Lanczos resize of the full decode this is above img2dataset's quality (OpenCV full decode
-+ area, 4:2:0) for three quarters of its CPU on web-size photos and the same on small images. What made mmdata's images worse before
-(28 dB against img2dataset's 35): decoding down to just above the target (DCT scaling is blockwise,
+libraries (enlarging too, with OpenCV's kernel of `upscale_filter`'s name); every other image (PNG,
+WebP, grey, CMYK, alpha, Pillow's shrinking filters, png or webp output) goes through Pillow.
+Stored without chroma subsampling at quality >= 90 (4:4:4, as libvips does). Against a Lanczos
+resize of the full decode this is above img2dataset's quality (OpenCV full decode + area, 4:2:0)
+for three quarters of its CPU on web-size photos and the same on small images. What made mmdata's
+images worse before (28 dB against img2dataset's 35): decoding down to just above the target (DCT scaling is blockwise,
 so what it leaves must be filtered again over a few pixels), and Pillow's BOX filter, which is no
 area average at fractional factors (each source pixel counts whole or not at all).
 
@@ -218,11 +219,10 @@ def _crop_box(w: int, h: int, side: int) -> tuple[int, int, int, int]:
     return left, top, left + cw, top + ch
 
 
-def _jpeg_area(body: bytes, stored: tuple[int, int], orientation: int, size: tuple[int, int],
-               cfg: ImageConfig) -> tuple[bytes, tuple[int, int]] | None:
+def _jpeg_opencv(body: bytes, stored: tuple[int, int], orientation: int, size: tuple[int, int], flt: str,
+                 cfg: ImageConfig) -> tuple[bytes, tuple[int, int]] | None:
     """A colour JPEG resized into a jpg with OpenCV alone: the reduced decode Pillow's draft would
-    choose, an area average (enlarging: OpenCV's kernel of `upscale_filter`'s name), the EXIF turn on
-    the small image, crop or border, encode. Channels stay BGR from decode to encode, with no copy
+    choose, `flt` (area when shrinking), the EXIF turn on the small image, crop or border, encode. Channels stay BGR from decode to encode, with no copy
     between libraries. None: OpenCV could not decode it."""
     sw, sh = stored
     tw, th = size[::-1] if orientation in _TRANSPOSED else size
@@ -232,8 +232,7 @@ def _jpeg_area(body: bytes, stored: tuple[int, int], orientation: int, size: tup
     a = cv2.imdecode(np.frombuffer(body, np.uint8), _CV_REDUCED[k] | cv2.IMREAD_IGNORE_ORIENTATION)
     if a is None or a.shape != (-(-sh // k), -(-sw // k), 3):
         return None
-    shrink = tw * th < a.shape[0] * a.shape[1]
-    a = cv2.resize(a, (tw, th), interpolation=_CV_FILTERS["area" if shrink else cfg.upscale_filter])
+    a = cv2.resize(a, (tw, th), interpolation=_CV_FILTERS[flt])
     if orientation in _ORIENT:
         a = _ORIENT[orientation](a)
     h, w = a.shape[:2]
@@ -299,10 +298,11 @@ def process(body: bytes, cfg: ImageConfig | None = None) -> ImageResult:
     shrink = tw * th < w * h
     if ((tw, th) != (w, h) and (cfg.downscale_filter == "area" or not shrink) and cfg.encode_format == "jpg"
             and img.format == "JPEG" and img.mode == "RGB" and body.endswith(b"\xff\xd9")):
-        # the common case, kept off Pillow: 1.2-1.6x less CPU than its bicubic (docs/download.md). A body without
-        # its end marker (truncated?) goes to Pillow, which refuses what libjpeg would pad with grey.
+        # the common case, kept off Pillow: 1.2-1.6x less CPU than its bicubic (docs/download.md). A body
+        # without its end marker (truncated?) goes to Pillow, which refuses what libjpeg would pad with grey.
         try:
-            out = _jpeg_area(body, (stored_w, stored_h), orientation, (tw, th), cfg)
+            out = _jpeg_opencv(body, (stored_w, stored_h), orientation, (tw, th),
+                               "area" if shrink else cfg.upscale_filter, cfg)
         except Exception as e:  # noqa: BLE001
             res.status, res.error_message = "failed_to_resize", f"{type(e).__name__}: {e}"[:300]
             return res

@@ -46,7 +46,7 @@ bench: install
 	set -e; for f in benchmarks/bench_*.py; do echo "== $$f"; $(PY) $$f; done
 
 lint: install
-	$(PY) -m ruff check mmdata tests benchmarks
+	$(PY) -m ruff check mmdata tests benchmarks docs/experiments
 
 run: install
 	$(PY) -m mmdata run --config $(CONFIG) $(ARGS)

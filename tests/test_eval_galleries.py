@@ -29,3 +29,24 @@ def test_gallery_probe_scores_every_name_as_trained(mm1_tiny, demo_shards, demo_
     assert gallery_probe(model, str(demo_shards), max_images=4, limit=4).pictures == 4
     short = gallery_probe(model, str(demo_shards), seq_len=128, limit=4)
     assert short.names < probe.names and short.pictures < probe.pictures
+
+
+def test_gallery_probe_measures_how_far_apart_the_pictures_reach_the_decoder(mm1_tiny, demo_shards):
+    import torch
+
+    from mmdata.mm1 import MM1
+
+    model = MM1.from_pretrained(mm1_tiny.model)
+    probe = gallery_probe(model, str(demo_shards), limit=3)
+    print(probe.lines()[-1])
+    assert 0 < probe.image_spread < 1 and -1 <= probe.image_cosine < 1 - 1e-6
+    assert probe.image_norm > 0 and probe.text_norm > 0
+    assert probe.lines()[-1].startswith(f"image tokens: {100 * probe.image_spread:.1f}% of their energy")
+    # a connector that ignores its input puts the same vector over every picture: nothing differs
+    last = model.connector.readout[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.fill_(0.5)
+    flat = gallery_probe(model, str(demo_shards), limit=3)
+    assert abs(flat.image_spread) < 1e-9 and abs(flat.image_cosine - 1) < 1e-9
+    assert abs(flat.image_norm - 0.5 * last.bias.numel() ** 0.5) < 1e-5

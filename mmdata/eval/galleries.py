@@ -16,6 +16,13 @@ the model once, and every name right after a picture is scored:
   the page is at chance among them (about 50%: most pages have 2 classes). `choice_first`: the same
   where the name is new; a copying model is below chance there (it prefers the names it has seen).
 The evaluation's `icl` task asks the same on classes no gallery shows.
+
+- `image_spread`: the share of the image tokens' energy (the connector's output, what the decoder
+  reads in place of each picture) that differs between the scored pictures, 1 - |mean|^2 / mean |x|^2
+  over pictures; `image_cosine`, the mean cosine between two different pictures' tokens; and their
+  norm beside the text embeddings'. Matching a picture to an earlier one (what a name choice at a
+  repeat needs) rests on that share: a connector that puts a constant vector over every picture
+  leaves the decoder's attention little to tell them apart by (docs/eval.md, reading 6).
 """
 
 from __future__ import annotations
@@ -41,6 +48,10 @@ class GalleryProbe:
     name_tokens: dict = field(default_factory=dict)  # tokens per name (the tokenizer's) -> how many of LABELS
     loss: dict = field(default_factory=dict)  # "first" / "repeat" -> (mean nats, n)
     choice: dict = field(default_factory=dict)  # "first" / "repeat" -> (right, n)
+    image_spread: float = float("nan")  # share of the image tokens' energy that differs between pictures
+    image_cosine: float = float("nan")  # mean cosine between two different pictures' image tokens
+    image_norm: float = float("nan")  # mean norm of an image token
+    text_norm: float = float("nan")  # mean norm of a text token's embedding
 
     def lines(self) -> list[str]:
         out = [f"{self.galleries} galleries in {self.docs} interleaved documents; {self.scored} scored: "
@@ -52,6 +63,9 @@ class GalleryProbe:
                 r, c = self.choice.get(k, (0, 0))
                 out.append(f"{k:6s} names: loss {m:.2f} nats (n={n}); first token right among the page's names "
                            f"{r}/{c}" + (f" = {100 * r / c:.1f}%" if c else ""))
+        out.append(f"image tokens: {100 * self.image_spread:.1f}% of their energy differs between pictures (mean cosine "
+                   f"{self.image_cosine:.3f} between two pictures); norm {self.image_norm:.2f}, text embeddings "
+                   f"{self.text_norm:.2f}")
         return out
 
 
@@ -84,6 +98,7 @@ def gallery_probe(model, shards: str, *, max_images: int = 16, seq_len: int = 51
     losses: dict[str, list[float]] = {"first": [], "repeat": []}
     choice = {"first": [0, 0], "repeat": [0, 0]}
     pictures = names = 0
+    tokens: list = []  # each scored picture's image tokens, flattened
     was = model.training
     model.eval()
     for sample, rec in _galleries(shards, probe):
@@ -99,6 +114,8 @@ def gallery_probe(model, shards: str, *, max_images: int = 16, seq_len: int = 51
         with torch.no_grad():
             logits = model(ids.to(model.device), torch.arange(n)[None].to(model.device), None, pix.to(model.device),
                            return_logits=True)
+            if kept:
+                tokens.append(model.image_tokens(pix.to(model.device)).flatten(1).float().cpu())
         logp = torch.log_softmax(logits[0].float(), -1).cpu()
         page = {w for s in item.slots if isinstance(s, str) and (w := _name(s))}
         first_tok = {w: codec.text(w)[0] for w in page}
@@ -130,4 +147,21 @@ def gallery_probe(model, shards: str, *, max_images: int = 16, seq_len: int = 51
         probe.pictures, probe.names = pictures / probe.scored, names / probe.scored
     probe.loss = {k: (sum(v) / len(v), len(v)) for k, v in losses.items() if v}
     probe.choice = {k: tuple(v) for k, v in choice.items()}
+    if tokens:
+        _spread(probe, torch.cat(tokens), model.decoder.get_input_embeddings().weight.detach().float().cpu(), codec.tokens)
     return probe
+
+
+def _spread(probe: GalleryProbe, x, text, per_picture: int) -> None:
+    """x [pictures, Q * width]: the image-token statistics of GalleryProbe (float64 for the sums)."""
+    import torch
+
+    x = x.double()
+    energy = (x * x).sum(1).mean()
+    probe.image_spread = float(1 - (x.mean(0) ** 2).sum() / energy) if energy > 0 else float("nan")
+    if len(x) > 1:
+        u = torch.nn.functional.normalize(x, dim=1)
+        sim = u @ u.T
+        probe.image_cosine = float((sim.sum() - sim.diagonal().sum()) / (len(x) * (len(x) - 1)))
+    probe.image_norm = float(x.view(len(x), per_picture, -1).norm(dim=-1).mean())
+    probe.text_norm = float(text.norm(dim=-1).mean())

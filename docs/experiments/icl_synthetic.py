@@ -1,7 +1,7 @@
 """Can the tiny MM1 learn in-context induction at all? (docs/eval.md, "In-context learning", reading 6)
 
 Trains a saved MM1 (`MM1.from_pretrained`) with its own loss on clean synthetic episodes, no pipeline:
-10 (key, "Name.") pairs of 2 classes, names from the demo's LABELS drawn afresh per episode, and asks
+10 (key, "Name.") pairs of 2 classes (`--pairs`, `--ways`), names from the demo's LABELS drawn afresh per episode, and asks
 every `--every` steps how often the right name of a query key scores above the other
 (log-probability of the whole name, as the `icl` task scores; 100 episodes, 8 demonstrations):
 
@@ -44,6 +44,8 @@ def main() -> None:
     ap.add_argument("--keys", choices=("repeat", "picture", "text"), default="repeat")
     ap.add_argument("--fresh-connector", action="store_true")
     ap.add_argument("--freeze-connector", action="store_true")
+    ap.add_argument("--ways", type=int, default=2, help="classes per training episode (the evaluation stays 2-way)")
+    ap.add_argument("--pairs", type=int, default=PAIRS, help="(key, name) pairs per training episode")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
@@ -79,9 +81,9 @@ def main() -> None:
         return words[c] if a.keys == "text" else pool[c][0 if a.keys == "repeat" else view]
 
     def episode(rg, classes) -> tuple[list, list[str], list[int]]:
-        cls = rg.choice(classes, 2, replace=False)
-        nm = [names[i] for i in rg.choice(len(names), 2, replace=False)]
-        order = [0, 1, 0, 1] + [int(x) for x in rg.integers(2, size=PAIRS - 4)]
+        cls = rg.choice(classes, a.ways, replace=False)
+        nm = [names[i] for i in rg.choice(len(names), a.ways, replace=False)]
+        order = list(range(a.ways)) * 2 + [int(x) for x in rg.integers(a.ways, size=a.pairs - 2 * a.ways)]
         rg.shuffle(order)
         return [x for c in order for x in (key(int(cls[c]), int(rg.integers(VIEWS))), f"{nm[c]}.")], nm, [int(x) for x in cls]
 

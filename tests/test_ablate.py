@@ -134,3 +134,17 @@ def test_runs_train_in_parallel_and_resume(tmp_path, monkeypatch, demo_shards, d
     said.clear()
     ab.run_all(cfg, todo[:1], echo=said.append)
     assert any("holds an unfinished run with other settings; training it again" in s for s in said), said
+
+
+def test_the_ablation_builds_its_own_tiny_models(tmp_path, monkeypatch):
+    """`make ablate` trains tiny models on its own corpus: they must live under its workdir, never in
+    `make demo`'s, whose later stages would then refuse the work they made with the demo's models."""
+    monkeypatch.setenv("MMDATA_WORKDIR", "work/demo")  # what a shell may hold; restored after the test
+    cfg = cfgmod.load("pipelines/ablate.yaml", ab.AblateConfig, [f"data.workdir={tmp_path / 'data'}"])
+    ab.own_workdir(cfg)
+    own = str(tmp_path / "data")
+    pipe = cfgmod.load(cfg.data.recipe, cfgmod.Pipeline, [f"workdir={cfg.data.workdir}"])
+    assert pipe.section("clipscore").model == f"{own}/tiny-clip"
+    assert pipe.section("recaption").describe.model == f"{own}/tiny-captioner"
+    recipe = ab.recipe_for(cfg, cfg.rows[0], 0, str(tmp_path / "run"))
+    assert recipe.model.encoder.model == f"{own}/tiny-vision"  # the tower every run starts from

@@ -101,6 +101,14 @@ def load_eval(cfg: AblateConfig, extra: list[str] = ()):
     return load_config(cfg.eval, cfg.eval_overrides + list(extra))
 
 
+def own_workdir(cfg: AblateConfig) -> None:
+    """Point `MMDATA_WORKDIR` at the ablation's data workdir, for this process and the runs it spawns:
+    the tiny models the demo recipes place under it (`tiny-clip`, `tiny-captioner`, `tiny-vision`) are
+    then the ablation's own. Under `make demo`'s work/demo they would be rebuilt on this corpus, and
+    `make demo` would then find its later stages made with another model and refuse them."""
+    os.environ["MMDATA_WORKDIR"] = os.path.abspath(cfg.data.workdir) if fsio.is_local(cfg.data.workdir) else cfg.data.workdir
+
+
 def prepare_data(cfg: AblateConfig, echo) -> str:
     """Run the pipeline over the demo corpus (resumable: finished stages are skipped); the shards folder."""
     from mmdata.demo import run as demo_run
@@ -423,6 +431,7 @@ def run(path: str | os.PathLike = "pipelines/ablate.yaml", overrides: list[str] 
             raise cfgmod.ConfigError(f"{path}: no row {unknown[0]!r} (rows: {', '.join(names)})")
     start = time.perf_counter()
     echo(f"ablate: data through {cfg.data.recipe} ({cfg.data.pairs} pairs, {cfg.data.docs} pages)")
+    own_workdir(cfg)
     shards = prepare_data(cfg, echo)
     os.environ["MMDATA_SHARDS"] = shards
     os.environ["MMDATA_DEMO_CORPUS"] = os.path.abspath(cfg.data.corpus)

@@ -111,11 +111,14 @@ def gallery_probe(model, shards: str, *, max_images: int = 16, seq_len: int = 51
         kept = [j for j, s in enumerate(enc.starts) if s + codec.tokens <= n]
         ids = torch.tensor(enc.ids[:n])[None]
         pix = torch.stack([item.images[enc.images[j]] for j in kept]) if kept else torch.zeros(0, 3, 1, 1, dtype=torch.uint8)
-        with torch.no_grad():
-            logits = model(ids.to(model.device), torch.arange(n)[None].to(model.device), None, pix.to(model.device),
-                           return_logits=True)
-            if kept:
-                tokens.append(model.image_tokens(pix.to(model.device)).flatten(1).float().cpu())
+        # the forward pass computes the image tokens anyway: keep the connector's output, not a second run of it
+        hook = model.connector.register_forward_hook(lambda _m, _i, out: tokens.append(out.flatten(1).float().cpu()))
+        try:
+            with torch.no_grad():
+                logits = model(ids.to(model.device), torch.arange(n)[None].to(model.device), None, pix.to(model.device),
+                               return_logits=True)
+        finally:
+            hook.remove()
         logp = torch.log_softmax(logits[0].float(), -1).cpu()
         page = {w for s in item.slots if isinstance(s, str) and (w := _name(s))}
         first_tok = {w: codec.text(w)[0] for w in page}

@@ -328,7 +328,9 @@ def eval_score(
 def ablate(config: Annotated[Path, typer.Option("--config", "-c", help="ablation recipe")] = Path("pipelines/ablate.yaml"),
            sets: Sets = None,
            scale: Annotated[float, typer.Option(help="multiply training steps, corpus and evaluated items (a GPU: 10+)")] = 1.0,
-           row: Annotated[list[str] | None, typer.Option("--row", help="run only these rows")] = None):
+           row: Annotated[list[str] | None, typer.Option("--row", help="run only these rows")] = None,
+           overwrite: Annotated[bool, typer.Option("--overwrite", help="redo the data pipeline's finished stages "
+                                                    "(runs whose shards change are retrained anyway)")] = False):
     """MM1's ablations at toy scale: the demo pipeline's shards, the trainer per row and seed, the
     evaluation; writes table.md, table.json and table.svg with one line per MM1 finding."""
     from mmdata.eval import ablate as ab
@@ -336,7 +338,7 @@ def ablate(config: Annotated[Path, typer.Option("--config", "-c", help="ablation
 
     with reported():
         try:
-            ab.run(config, sets or [], scale=scale, rows=row or None, echo=typer.echo)
+            ab.run(config, sets or [], scale=scale, rows=row or None, overwrite=overwrite, echo=typer.echo)
         except EvalError as e:
             fail(str(e))
 

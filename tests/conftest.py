@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import json
 import os
 import threading
 from contextlib import contextmanager
@@ -297,6 +298,18 @@ def _tower_first(request, tmp_path_factory):
 
 
 MM1_TINY_STEPS = 900
+# the tiny MM1's decoder built from its config (random init) instead of the pretrained tiny LM
+# (`decoder.pretrain`, 2-3 CPU minutes): what the mechanics tests and the captioning fixture train;
+# tests/test_tiny_lm.py builds the LM itself
+def _random_lm() -> list[str]:
+    from mmdata.mm1 import tiny
+    from mmdata.mm1.train import load_recipe
+
+    shape = load_recipe(tiny.RECIPE).model.decoder.pretrain.config  # the LM's own config, never a copy of it
+    return ["model.decoder.model=null", "model.decoder.pretrain=null", f"model.decoder.config={json.dumps(shape)}"]
+
+
+RANDOM_LM = _random_lm()
 
 
 @pytest.fixture(scope="session")
@@ -311,7 +324,7 @@ def mm1_tiny(tmp_path_factory, demo_shards, tiny_vision):
                  "data.seq_len=128", "data.num_workers=1", "train.threads=1", f"model.encoder.model={tiny_vision}", "model.encoder.freeze=true",
                  # with the tower frozen the connector is the only vision part that learns, and captions alone do not
                  # collapse it (what lowered the recipe's rate, docs/eval.md reading 6): shape 36% at 0.005, 28% at 0.0005
-                 "optim.connector_lr=0.005"]
+                 "optim.connector_lr=0.005", *RANDOM_LM]
     mix = ["global_batch=16", "sources.captions.weight=100", "sources.interleaved.weight=0", "sources.text.weight=0"]
     result = {}
 

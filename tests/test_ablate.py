@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
+from conftest import RANDOM_LM
 
 from mmdata import config as cfgmod
 from mmdata.eval import ablate as ab
@@ -108,7 +111,7 @@ def test_runs_train_in_parallel_and_resume(tmp_path, monkeypatch, demo_shards, d
     cfg = cfgmod.load("pipelines/ablate.yaml", ab.AblateConfig, [f"out={tmp_path}", "jobs=2"])
     cfg = cfg.model_copy(update={
         "train_overrides": ["train.steps=3", "train.checkpoint_every=3", "data.seq_len=128", "data.num_workers=0",
-                            f"model.encoder.model={tiny_vision}"],
+                            f"model.encoder.model={tiny_vision}", *RANDOM_LM],
         "eval_overrides": ["max_items=4", "query_pool=16"]})
     rows = {r.name: r for r in cfg.rows}
     todo = [(rows["45:45:10"], 0), (rows["4 tokens"], 1)]
@@ -148,3 +151,34 @@ def test_the_ablation_builds_its_own_tiny_models(tmp_path, monkeypatch):
     assert pipe.section("recaption").describe.model == f"{own}/tiny-captioner"
     recipe = ab.recipe_for(cfg, cfg.rows[0], 0, str(tmp_path / "run"))
     assert recipe.model.encoder.model == f"{own}/tiny-vision"  # the tower every run starts from
+    assert recipe.model.decoder.model == f"{own}/tiny-lm"  # and the LM
+
+
+def test_overwrite_redoes_the_ablation_data_a_changed_recipe_refuses(tmp_path, monkeypatch):
+    """A changed data setting stops `make ablate` with "use --overwrite": that option must exist
+    and redo the finished stage with the new setting (here download's shard size, on 100 pairs)."""
+    for var in ("MMDATA_WORKDIR", "MMDATA_DEMO_CORPUS", "MMDATA_DEMO_PORT", "MMDATA_SHARED"):
+        monkeypatch.setenv(var, "")  # prepare_data sets them; restored after the test
+    demo = cfgmod.load("pipelines/demo.yaml", cfgmod.Pipeline, [])
+    fetch = demo.section("download").fetch.model_dump(mode="json", exclude_none=True)
+
+    def spec(per_shard: int) -> ab.AblateConfig:
+        recipe = tmp_path / f"data{per_shard}.yaml"
+        recipe.write_text(json.dumps({
+            "name": "demo", "workdir": str(tmp_path / "data"), "stages": ["download"],
+            "engine": {"n_workers": 1, "threads_per_worker": 1},
+            "download": {"input": "${MMDATA_DEMO_CORPUS}/pairs/urls.parquet", "samples_per_shard": per_shard,
+                         "fetch": {**fetch, "connect_to": {"*.demo.mmdata.test": "127.0.0.1:${MMDATA_DEMO_PORT}"}}}}))
+        return cfgmod.load("pipelines/ablate.yaml", ab.AblateConfig, [
+            f"data.recipe={recipe}", f"data.workdir={tmp_path / 'data'}", f"data.corpus={tmp_path / 'corpus'}",
+            "data.pairs=100", "data.docs=20"])
+
+    def shards() -> list[str]:
+        return sorted(p.name for p in (tmp_path / "data" / "download").glob("*.tar"))
+
+    ab.prepare_data(spec(50), echo=lambda s: None)
+    assert shards() == ["00000.tar", "00001.tar"]
+    with pytest.raises(cfgmod.ConfigError, match="samples_per_shard.*--overwrite"):
+        ab.prepare_data(spec(25), echo=lambda s: None)
+    ab.prepare_data(spec(25), echo=lambda s: None, overwrite=True)
+    assert shards() == ["00000.tar", "00001.tar", "00002.tar", "00003.tar"]

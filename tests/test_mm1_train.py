@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import RANDOM_LM
 
 from mmdata.mm1 import MM1, tiny, train
 from mmdata.mm1.metrics import read_log
@@ -48,7 +49,7 @@ def losses(log: str) -> list[tuple[int, float, int, int]]:
 
 def test_sigkill_resume_continues_exactly_and_refuses_other_settings(demo_shards, mm1_tokenizer, tmp_path):
     over = [*SMALL, "train.steps=8", "train.checkpoint_every=2", "train.keep=2", "model.decoder.train_tokenizer=null",
-            f"model.decoder.tokenizer={mm1_tokenizer}", *RANDOM_TOWER]  # one tokenizer for every run compared here
+            f"model.decoder.tokenizer={mm1_tokenizer}", *RANDOM_TOWER, *RANDOM_LM]  # one tokenizer for every run compared here
     ref = train.run(tiny.recipe(demo_shards, tmp_path / "ref", over, SMALL_MIX), echo=lambda *_: None)
 
     cfg = write_recipe(tmp_path / "run.yaml", tiny.recipe(demo_shards, tmp_path / "run", over, SMALL_MIX))
@@ -100,7 +101,7 @@ def test_a_run_on_s3_checkpoints_resumes_and_exports(demo_shards, mm1_tokenizer,
     import fsspec
 
     over = [*SMALL, "train.steps=2", "train.checkpoint_every=1", "train.keep=1", "model.decoder.train_tokenizer=null",
-            f"model.decoder.tokenizer={mm1_tokenizer}", *RANDOM_TOWER]
+            f"model.decoder.tokenizer={mm1_tokenizer}", *RANDOM_TOWER, *RANDOM_LM]
     recipe = tiny.recipe(demo_shards, "s3://mmdata-test/mm1-run", over, SMALL_MIX)
     first = train.run(recipe, echo=lambda *_: None)
     fs = fsspec.filesystem("s3", skip_instance_cache=True)
@@ -122,7 +123,7 @@ def test_a_pretrained_encoder_is_reused_only_with_its_own_recipe(demo_shards, mm
 
     folder = tmp_path / "tower"
     base = [*SMALL, "train.steps=1", "model.decoder.train_tokenizer=null", f"model.decoder.tokenizer={mm1_tokenizer}",
-            f"model.encoder.model={folder}", "model.encoder.pretrain.images=64"]
+            f"model.encoder.model={folder}", "model.encoder.pretrain.images=64", *RANDOM_LM]
 
     def run(name: str, steps: int) -> list[str]:
         said = []
@@ -148,7 +149,7 @@ def test_a_pretrained_encoder_is_reused_only_with_its_own_recipe(demo_shards, mm
 def one_process(demo_shards, mm1_tokenizer, tmp_path_factory):
     """3 steps of 1 process reading both data ranks of a 2-rank stream (the doubled batch)."""
     over = [*SMALL, "train.steps=3", "data.data_ranks=2", "model.decoder.train_tokenizer=null",
-            f"model.decoder.tokenizer={mm1_tokenizer}", *RANDOM_TOWER]
+            f"model.decoder.tokenizer={mm1_tokenizer}", *RANDOM_TOWER, *RANDOM_LM]
     out = tmp_path_factory.mktemp("one")
     return over, train.run(tiny.recipe(demo_shards, out / "run", over, SMALL_MIX), echo=lambda *_: None)
 

@@ -109,14 +109,15 @@ def own_workdir(cfg: AblateConfig) -> None:
     os.environ["MMDATA_WORKDIR"] = os.path.abspath(cfg.data.workdir) if fsio.is_local(cfg.data.workdir) else cfg.data.workdir
 
 
-def prepare_data(cfg: AblateConfig, echo) -> str:
-    """Run the pipeline over the demo corpus (resumable: finished stages are skipped); the shards folder."""
+def prepare_data(cfg: AblateConfig, echo, overwrite: bool = False) -> str:
+    """Run the pipeline over the demo corpus (resumable: finished stages are skipped unless `overwrite`);
+    the shards folder."""
     from mmdata.demo import run as demo_run
 
     d = cfg.data
     pipe = cfgmod.load(d.recipe, cfgmod.Pipeline, [f"workdir={d.workdir}"])
     demo_run.run(d.recipe, [f"workdir={d.workdir}"], corpus=d.corpus, n_pairs=d.pairs, n_docs=d.docs, seed=d.seed,
-                 stages=list(pipe.stages), mixture=None, echo=echo)
+                 stages=list(pipe.stages), mixture=None, overwrite=overwrite, echo=echo)
     return os.path.abspath(pipe.stage_dir("shards")) if fsio.is_local(pipe.workdir) else pipe.stage_dir("shards")
 
 
@@ -420,7 +421,7 @@ def svg(cfg: AblateConfig, table: dict, chance: float) -> str:
 
 
 def run(path: str | os.PathLike = "pipelines/ablate.yaml", overrides: list[str] = (), *, scale: float = 1.0,
-        rows: list[str] | None = None, echo: Callable[[str], None] = print) -> dict:
+        rows: list[str] | None = None, overwrite: bool = False, echo: Callable[[str], None] = print) -> dict:
     cfg = scaled(cfgmod.load(path, AblateConfig, list(overrides)), scale)
     names = [r.name for r in cfg.rows]
     if cfg.baseline not in names:
@@ -432,7 +433,7 @@ def run(path: str | os.PathLike = "pipelines/ablate.yaml", overrides: list[str] 
     start = time.perf_counter()
     echo(f"ablate: data through {cfg.data.recipe} ({cfg.data.pairs} pairs, {cfg.data.docs} pages)")
     own_workdir(cfg)
-    shards = prepare_data(cfg, echo)
+    shards = prepare_data(cfg, echo, overwrite)
     os.environ["MMDATA_SHARDS"] = shards
     os.environ["MMDATA_DEMO_CORPUS"] = os.path.abspath(cfg.data.corpus)
     chance = 100.0 / 2

@@ -81,6 +81,28 @@ class TokenizerTraining(Strict):
     samples: int = Field(2000, ge=1, description="samples read per source for training")
 
 
+class LanguagePretraining(Strict):
+    """A tiny LLM pretrained in code to copy from its context (induction heads) on random-token runs
+    (`mmdata.demo.tiny_lm`): the stand-in for MM1's text-pretrained LLM where none can be downloaded."""
+
+    config: dict[str, Any] = Field(..., description="the LM's config, e.g. {model_type: llama, hidden_size: 128, ...}")
+    vocab_size: int = Field(1024, ge=64, description="token ids it learns; the run's tokenizer must not have more")
+    steps: int = Field(800, ge=1)
+    length: int = Field(128, ge=32, description="tokens per row")
+    min_period: int = Field(4, ge=2)
+    max_period: int = Field(24, ge=2)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    warmup_steps: int = Field(100, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _periods(self) -> LanguagePretraining:
+        if not self.min_period <= self.max_period <= self.length // 2:
+            raise ValueError(f"periods {self.min_period}-{self.max_period} must rise and fit twice in length {self.length}")
+        return self
+
+
 class DecoderConfig(Strict):
     """Decoder LLM: any Hugging Face causal LM; its own tokenizer unless `tokenizer` says otherwise."""
 
@@ -90,6 +112,8 @@ class DecoderConfig(Strict):
         "vocab_size comes from the tokenizer")
     tokenizer: str | None = Field(None, description="hub id or path; default: the model's own")
     train_tokenizer: TokenizerTraining | None = Field(None, description="train a BPE on the mixture's text instead")
+    pretrain: LanguagePretraining | None = Field(
+        None, description="build `model` (a local folder) with this recipe first when it is not there yet")
     attn_implementation: str = Field("sdpa", description="sdpa, eager, flex_attention, flash_attention_2 (where installed)")
     freeze: bool = False
 
@@ -99,6 +123,14 @@ class DecoderConfig(Strict):
             raise ValueError("set exactly one of model (hub id / path) or config (random init)")
         if self.model is None and self.tokenizer is None and self.train_tokenizer is None:
             raise ValueError("a decoder built from a config needs a tokenizer (path) or train_tokenizer")
+        if self.pretrain is not None:
+            if self.model is None:
+                raise ValueError("pretrain writes a local folder: set model to its path")
+            if self.tokenizer is None and self.train_tokenizer is None:
+                raise ValueError("a pretrained tiny LM has no tokenizer of its own: set tokenizer or train_tokenizer")
+            if self.train_tokenizer is not None and self.train_tokenizer.vocab_size > self.pretrain.vocab_size:
+                raise ValueError(f"train_tokenizer.vocab_size {self.train_tokenizer.vocab_size} is more than the "
+                                 f"pretrained LM's {self.pretrain.vocab_size}")
         return self
 
 

@@ -227,7 +227,7 @@ class MM1(nn.Module):
             save_file(state, os.path.join(root, "connector.safetensors"))
             cfg = self.cfg.model_dump(mode="json")
             cfg["encoder"].update(model="encoder", config=None, pretrain=None)  # the parts now live beside mm1.json
-            cfg["decoder"].update(model="decoder", config=None, tokenizer=None, train_tokenizer=None)
+            cfg["decoder"].update(model="decoder", config=None, tokenizer=None, train_tokenizer=None, pretrain=None)
             meta = {"format": "mmdata.mm1/1", "model": cfg, "image": asdict(self.image)}
             with open(os.path.join(root, "mm1.json"), "w") as f:
                 json.dump(meta, f, indent=1)

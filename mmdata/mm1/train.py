@@ -212,20 +212,27 @@ def tokenizer_for(recipe: TrainRecipe, mix: Mixture, d: dd.Dist, echo):
         return tk.load(path, image_token)
 
 
-def pretrain_encoder(recipe: TrainRecipe, d: dd.Dist, echo) -> None:
-    """`encoder.pretrain`: the tiny encoder is pretrained into `encoder.model` once, by the main process,
-    and reused by every later run that names the same folder with the same recipe; a folder built
-    with another recipe is built again (never silently reused)."""
-    ecfg = recipe.model.encoder
-    if ecfg.pretrain is None:
-        return
-    if not io.is_local(ecfg.model):
-        raise TrainError(f"encoder.model {ecfg.model}: pretrain writes a local folder")
-    if d.main:
-        from mmdata.demo import tiny_vision as tv
+def pretrain_parts(recipe: TrainRecipe, d: dd.Dist, echo) -> None:
+    """`encoder.pretrain` and `decoder.pretrain`: the tiny tower and the tiny LM are pretrained into
+    their `model` folders once, by the main process, and reused by every later run that names the
+    same folder with the same recipe; a folder built with another recipe is built again (never
+    silently reused)."""
+    from mmdata.demo import tiny_lm, tiny_vision
 
-        # seeds torch itself; the run re-seeds right after
-        tv.ensure(ecfg.model, ecfg.pretrain, echo)
+    parts = [(p, part, build) for p, part, build in (("encoder", recipe.model.encoder, tiny_vision.ensure),
+                                                      ("decoder", recipe.model.decoder, tiny_lm.ensure))
+             if part.pretrain is not None]
+    for p, part, _ in parts:
+        if not io.is_local(part.model):
+            raise TrainError(f"{p}.model {part.model}: pretrain writes a local folder")
+    if d.main and parts:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(os.cpu_count() or 1)  # every other rank, or parallel run, waits for it meanwhile
+        try:
+            for _, part, build in parts:
+                build(part.model, part.pretrain, echo)  # seeds torch itself; the run re-seeds right after
+        finally:
+            torch.set_num_threads(threads)
     d.barrier()
 
 
@@ -315,7 +322,7 @@ def _run(recipe: TrainRecipe, d: dd.Dist, overwrite: bool, echo) -> Result:
         raise TrainError(f"{recipe.out} holds a run with other settings ({changed}); resume with the same "
                          f"recipe, or start over with --overwrite or another out")
 
-    pretrain_encoder(recipe, d, echo)
+    pretrain_parts(recipe, d, echo)
     torch.manual_seed(t.seed)  # the same initial weights on every rank
     tok = tokenizer_for(recipe, mix, d, echo)
     model = MM1(recipe.model, tok, ImageSpec.from_decode(mix.decode))

@@ -62,6 +62,20 @@ def test_icl_finding_needs_chance_inside_and_outside():
     assert {f.verdict for f in missing} == {"not run"}
 
 
+def test_icl_counted_run_by_run():
+    """A run counts when every in-context column's interval is above chance; captions-only runs apart."""
+    def run(row: str, seed: int, lows: tuple[float, float]) -> ab.Run:
+        return ab.Run(row, seed, "", results=[{"task": "icl", "shots": k, "ci95": [lo, lo + 20]}
+                                              for k, lo in zip((4, 8), lows)] + [{"task": "vqa", "shots": 4, "ci95": [0, 1]}])
+
+    runs = [run("captions only", 0, (40, 41)), run("captions only", 1, (51, 52)), run("45:45:10", 0, (69, 81)),
+            run("45:45:10", 1, (49, 60)), run("avg-pool", 0, (71, 77))]
+    said = ab.icl_by_run(runs, 50.0)
+    assert said == ("in-context, run by run (4-shot and 8-shot intervals all above chance 50): "
+                    "2 of 3 runs with interleaved documents; 1 of 2 captions-only runs")
+    assert ab.icl_by_run([ab.Run("45:45:10", 0, "")], 50.0) is None  # no in-context results: nothing to say
+
+
 def test_diff_interval():
     d, lo, hi = ab.diff_ci([1.0, 2.0, 3.0], [1.0, 2.0, 3.0])
     assert d == 0 and lo < 0 < hi
@@ -182,3 +196,23 @@ def test_overwrite_redoes_the_ablation_data_a_changed_recipe_refuses(tmp_path, m
         ab.prepare_data(spec(25), echo=lambda s: None)
     ab.prepare_data(spec(25), echo=lambda s: None, overwrite=True)
     assert shards() == ["00000.tar", "00001.tar", "00002.tar", "00003.tar"]
+
+
+def test_a_run_reads_its_data_by_content_not_by_the_manifests_provenance(tmp_path):
+    """The `shards` stage rewrites its manifests on every pipeline run, with the recipe that ran it (the
+    demo server's port, the git commit): the same shards must keep a run's settings, and other shard
+    bytes must change them."""
+    shards = [{"name": "00000.tar", "bytes": 10, "count": 2, "sha256": "aa"}, {"name": "00001.tar", "bytes": 9, "count": 1, "sha256": "bb"}]
+
+    def manifest(name: str, port: int, digests=("aa", "bb")) -> str:
+        path = tmp_path / name
+        path.write_text(json.dumps({"kind": "captions", "recipe": {"config": {"connect_to": f"127.0.0.1:{port}"}, "git_commit": str(port)},
+                                    "shards": [{**s, "sha256": d} for s, d in zip(shards, digests)]}))
+        return str(path)
+
+    first = ab.data_id(manifest("a.json", 36307))
+    assert ab.data_id(manifest("b.json", 41873)) == first  # re-run: new port, same shards
+    assert ab.data_id(manifest("c.json", 36307, ("aa", "cc"))) != first  # a shard's bytes changed
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "00000.tar").write_bytes(b"x")
+    assert ab.data_id(str(tmp_path / "s" / "*.tar")).decode().endswith("00000.tar")  # a pattern: the names

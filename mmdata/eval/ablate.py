@@ -18,6 +18,7 @@ continues from its last checkpoint, and the trainer refuses a folder trained wit
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -144,19 +145,24 @@ def recipe_for(cfg: AblateConfig, row: Row, seed: int, out: str):
     return recipe
 
 
+def data_id(url: str) -> bytes:
+    """What a run read from `url`: a manifest's shards (names, sizes, content digests), else the names
+    a pattern matches. Not the manifest's provenance: it records the recipe that wrote it, the demo
+    server's port and the git commit included, which a re-run of the pipeline rewrites with the same
+    shards (every run was then trained again)."""
+    if url.endswith(".json") and fsio.exists(url):
+        return json.dumps(json.loads(fsio.read_bytes(url)).get("shards"), sort_keys=True).encode()
+    return "\n".join(fsio.expand(url)).encode()
+
+
 def settings_of(recipe, ev) -> dict:
     """A run's identity: its training recipe's fingerprint (the trainer's: mixture resolved, pace
     knobs left out), its evaluation's settings, and the training shards' manifests."""
     from mmdata.mm1.train import fingerprint, mixture_of
 
     mix = mixture_of(recipe)
-    shards = {}
-    for name, src in sorted(mix.sources.items()):
-        urls = [src.shards] if isinstance(src.shards, str) else src.shards
-        # a manifest's bytes (its shards' names, sizes and digests), else the names a pattern matches
-        shards[name] = fsio.digest_bytes(b"".join(
-            fsio.read_bytes(u) if u.endswith(".json") and fsio.exists(u) else "\n".join(fsio.expand(u)).encode()
-            for u in urls))
+    shards = {name: fsio.digest_bytes(b"".join(data_id(u) for u in ([src.shards] if isinstance(src.shards, str) else src.shards)))
+              for name, src in sorted(mix.sources.items())}
     return {"train": fingerprint(recipe, mix)[0], "eval": ev.model_dump(mode="json"), "shards": shards}
 
 
@@ -290,6 +296,28 @@ def _better(table: dict, hi_row: str, lo_row: str, col: str, claim: str, what: s
     why = "" if ok else (" (the difference is within the noise of the seeds)" if hi > 0 else " (the opposite holds)")
     return Finding(claim, "reproduced" if ok else "not reproduced",
                    f"{what}: {hi_row} {_fmt(a)} vs {lo_row} {_fmt(b)}; difference {d:+.1f} [{lo:+.1f}, {hi:+.1f}]{why}")
+
+
+def icl_by_run(runs: list[Run], chance: float, caps: str = "captions only") -> str | None:
+    """In-context learning run by run: how many runs have every in-context column's 95% interval
+    (over the evaluated items) above chance, captions-only runs apart from those with interleaved
+    documents. The finding above compares seed means; a skill that appears abruptly, at a step that
+    varies with the seed, shows here first."""
+    shots = {k for _, _, task, k in COLUMNS if task == "icl"}
+    counts: dict[str, list[int]] = {}
+    for r in runs:
+        cis = [x["ci95"] for x in r.results if x["task"] == "icl" and x["shots"] in shots and x["ci95"]]
+        if len(cis) < len(shots):
+            continue
+        n_k = counts.setdefault(caps if r.row == caps else "others", [0, 0])
+        n_k[0] += 1
+        n_k[1] += all(lo > chance for lo, _ in cis)
+    if not counts:
+        return None
+    said = {caps: "captions-only runs", "others": "runs with interleaved documents"}
+    parts = [f"{counts[g][1]} of {counts[g][0]} {said[g]}" for g in ("others", caps) if g in counts]
+    return (f"in-context, run by run ({' and '.join(f'{k}-shot' for k in sorted(shots))} intervals all above "
+            f"chance {chance:.0f}): " + "; ".join(parts))
 
 
 def findings(table: dict, base: str, chance: float) -> list[Finding]:
@@ -448,6 +476,9 @@ def run(path: str | os.PathLike = "pipelines/ablate.yaml", overrides: list[str] 
                      "stage): the with / without VeCap rows train on the same data")
     else:
         notes.append(f"{with_syn} of {pairs} training pairs carry a VeCap caption")
+    by_run = icl_by_run(runs, chance)
+    if by_run:
+        notes.append(by_run)
     command = f"make ablate{' ARGS=--scale ' + format(scale, 'g') if scale != 1 else ''}"
     wall = time.perf_counter() - start
     md = markdown(cfg, table, found, runs, command, chance, notes, wall)

@@ -85,7 +85,7 @@ def pretrain(model, cfg: LanguagePretraining, echo=log.info) -> dict:
     warm = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps))
     g, check = torch.Generator().manual_seed(cfg.seed), torch.Generator().manual_seed(cfg.seed + 1)
     held = two_copies(check, cfg)
-    t0, loss = time.time(), float("nan")
+    t0, loss, share = time.time(), float("nan"), 0.0
     model.train()
     for step in range(1, cfg.steps + 1):
         seq, tgt = periodic(g, cfg)
@@ -97,9 +97,10 @@ def pretrain(model, cfg: LanguagePretraining, echo=log.info) -> dict:
         warm.step()
         loss = out.item()
         if step % max(1, cfg.steps // 4) == 0 or step == cfg.steps:
-            echo(f"tiny LM step {step}/{cfg.steps}: loss {loss:.3f}, two copies {100 * copied(model, *held):.0f}% "
+            share = copied(model, *held)  # the last one is also what built.json keeps
+            echo(f"tiny LM step {step}/{cfg.steps}: loss {loss:.3f}, two copies {100 * share:.0f}% "
                  f"of the second copy predicted ({time.time() - t0:.0f}s)")
-    return {"loss": loss, "two_copies": copied(model, *held), "seconds": round(time.time() - t0, 1)}
+    return {"loss": loss, "two_copies": share, "seconds": round(time.time() - t0, 1)}
 
 
 def train(out_dir: str | Path, cfg: LanguagePretraining, echo=log.info) -> Path:

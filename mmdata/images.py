@@ -162,7 +162,15 @@ def open_rgb(data: bytes, draft: int | None = None) -> Image.Image:
     if draft:
         img.draft("RGB", (draft, draft))  # a square target: the same scale whatever the orientation
     img.load()
-    ImageOps.exif_transpose(img, in_place=True)  # in place: no copy when there is nothing to turn
+    return upright_rgb(img, in_place=True)  # in place: no copy when there is nothing to turn
+
+
+def upright_rgb(img: Image.Image, in_place: bool = False) -> Image.Image:
+    """A decoded image -> what `open_rgb` makes of its file: EXIF orientation applied, alpha on white."""
+    if in_place:
+        ImageOps.exif_transpose(img, in_place=True)
+    else:
+        img = ImageOps.exif_transpose(img)
     return to_rgb(img)
 
 

@@ -256,3 +256,31 @@ def test_the_evaluation_scores_what_the_trainer_trained(mm1_tiny):
         out = model(ids, torch.arange(ids.shape[1]).unsqueeze(0), tgt, model.prepare_image(img).unsqueeze(0))
     assert int(out["targets"]) == len(model.codec.text(text)) > 0
     assert score == pytest.approx(-float(out["loss_sum"]), rel=1e-4)
+
+
+def test_a_prompt_image_is_prepared_as_the_trainer_prepares_its_file(mm1_tiny):
+    """The evaluation hands the model decoded (PIL) images: each must become the tensor the training
+    decoder makes of its file's bytes, EXIF orientation and alpha included."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from mmdata.eval.models import MM1Model
+
+    model = MM1Model.load(mm1_tiny.model).model
+    rng = np.random.default_rng(3)
+    rgba = Image.fromarray(rng.integers(0, 256, (30, 50, 4), dtype=np.uint8), "RGBA")
+    png = io.BytesIO()
+    rgba.save(png, format="PNG")
+    turned = Image.fromarray(np.stack([*np.meshgrid(np.arange(50) * 5, np.arange(30) * 8), np.full((30, 50), 90)], -1).astype(np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees to view
+    jpeg = io.BytesIO()
+    turned.save(jpeg, format="JPEG", quality=95, exif=exif)
+    for data in (png.getvalue(), jpeg.getvalue()):
+        want = model.prepare_image(data)
+        assert torch.equal(model.prepare_image(Image.open(io.BytesIO(data))), want)
+    seen = model.prepare_image(jpeg.getvalue()).float()  # the turn shows: near the turned picture, far from the stored one
+    near = (model.prepare_image(turned.transpose(Image.Transpose.ROTATE_270)).float() - seen).abs().mean()
+    assert near < (model.prepare_image(turned).float() - seen).abs().mean() / 3

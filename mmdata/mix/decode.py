@@ -163,11 +163,15 @@ class Decoder:
 
     def image(self, data: bytes) -> Any:
         """Image bytes -> uint8 tensor [3, S, S] (channels-last in memory; `batch` stacks it)."""
+        return self.pixels(open_rgb(data, self.draft))
+
+    def pixels(self, img) -> Any:
+        """An upright RGB PIL image (`open_rgb`'s) -> uint8 tensor [3, S, S], resized as `image` resizes."""
         import torch
 
         s = self.cfg.image_size
         # np.array, not asarray: a writable copy (asarray wraps read-only bytes, which torch warns about)
-        x = torch.from_numpy(np.array(open_rgb(data, self.draft))).permute(2, 0, 1)
+        x = torch.from_numpy(np.array(img)).permute(2, 0, 1)
         h, w = x.shape[1:]
         if self.cfg.resize == "squash":
             return _resize(x, s, s)

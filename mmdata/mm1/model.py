@@ -13,7 +13,6 @@ PIL images or encoded image bytes) in reading order, so few-shot prompts interle
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import tempfile
@@ -24,6 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from mmdata.images import upright_rgb
 from mmdata.mix.decode import normalize
 from mmdata.mm1 import decoder as dec
 from mmdata.mm1 import tokenizer as tk
@@ -139,10 +139,8 @@ class MM1(nn.Module):
                 raise ValueError(f"image tensor {tuple(x.shape)} is not {self.image.size} px; pass PIL images or bytes "
                                  "to have them resized as in training")
             return x
-        if not isinstance(x, bytes | bytearray):  # a PIL image: through the training decoder's exact resize
-            buf = io.BytesIO()
-            x.save(buf, format="PNG")
-            x = buf.getvalue()
+        if not isinstance(x, bytes | bytearray):  # a PIL image: the training decoder's resize, as its file's would be
+            return self.image.decoder().pixels(upright_rgb(x)).contiguous()
         return self.image.decoder().image(bytes(x)).contiguous()
 
     _image = prepare_image  # the name the evaluation first used

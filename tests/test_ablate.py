@@ -216,3 +216,19 @@ def test_a_run_reads_its_data_by_content_not_by_the_manifests_provenance(tmp_pat
     (tmp_path / "s").mkdir()
     (tmp_path / "s" / "00000.tar").write_bytes(b"x")
     assert ab.data_id(str(tmp_path / "s" / "*.tar")).decode().endswith("00000.tar")  # a pattern: the names
+
+
+def test_the_runs_lm_is_built_while_the_data_step_runs(tmp_path, monkeypatch):
+    """`make ablate` pretrains the runs' tiny LM beside its data step (it needs no data): it must be
+    the LM every run asks for, same folder and recipe, so that no run builds it again."""
+    from mmdata.demo import built, tiny_lm
+
+    monkeypatch.setenv("MMDATA_WORKDIR", "")  # own_workdir sets it; restored after the test
+    cfg = cfgmod.load("pipelines/ablate.yaml", ab.AblateConfig, [f"data.workdir={tmp_path / 'data'}"])
+    cfg.train_overrides = [*cfg.train_overrides, "model.decoder.pretrain.steps=3"]
+    ab.own_workdir(cfg)
+    ab._build_lm(cfg, next(r for r in cfg.rows if r.name == cfg.baseline))
+    for row in cfg.rows:
+        part = ab.recipe_for(cfg, row, 2, str(tmp_path / "run")).model.decoder
+        assert part.model == str(tmp_path / "data" / "tiny-lm")
+        assert built.recipe_of(part.model) == built._plain(tiny_lm.recipe(part.pretrain))

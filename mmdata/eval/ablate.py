@@ -208,7 +208,26 @@ def run_one(cfg: AblateConfig, row: Row, seed: int, echo) -> Run:
 
 
 def _child(cfg: AblateConfig, row: Row, seed: int) -> Run:
+    import multiprocessing as mp
+
+    # a spawned process makes spawn its children's default too: the trainer's loader workers would
+    # then import torch and mmdata again (~2 s a run, on the core the other run trains on)
+    mp.set_start_method("fork", force=True)
     return run_one(cfg, row, seed, lambda s: print(s, flush=True))
+
+
+def _build_lm(cfg: AblateConfig, row: Row) -> None:
+    """The runs' tiny LM (`decoder.pretrain`), built on one core while the data step runs: it needs
+    no data, and the data step leaves a core idle for much of its time. The runs then find it built
+    (`tiny_lm.ensure`: same folder, same recipe)."""
+    import torch
+
+    from mmdata.demo import tiny_lm
+
+    torch.set_num_threads(1)
+    part = recipe_for(cfg, row, 0, fsio.join(cfg.out, "runs")).model.decoder
+    if part.pretrain is not None and fsio.is_local(part.model):
+        tiny_lm.ensure(part.model, part.pretrain, lambda s: print(s, flush=True))
 
 
 def run_all(cfg: AblateConfig, todo: list[tuple[Row, int]], echo) -> list[Run]:
@@ -461,7 +480,18 @@ def run(path: str | os.PathLike = "pipelines/ablate.yaml", overrides: list[str] 
     start = time.perf_counter()
     echo(f"ablate: data through {cfg.data.recipe} ({cfg.data.pairs} pairs, {cfg.data.docs} pages)")
     own_workdir(cfg)
-    shards = prepare_data(cfg, echo, overwrite)
+    import multiprocessing as mp
+
+    # if it fails, the first run builds the LM again and reports why
+    lm = mp.get_context("spawn").Process(target=_build_lm, args=(cfg, next(r for r in cfg.rows if r.name == cfg.baseline)))
+    lm.start()
+    try:
+        shards = prepare_data(cfg, echo, overwrite)
+    except BaseException:
+        lm.terminate()  # an unfinished LM folder is built again next time (`built.ensure`)
+        raise
+    finally:
+        lm.join()
     os.environ["MMDATA_SHARDS"] = shards
     os.environ["MMDATA_DEMO_CORPUS"] = os.path.abspath(cfg.data.corpus)
     chance = 100.0 / 2
